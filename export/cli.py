@@ -1,0 +1,95 @@
+"""`scratchwatch dataset|train|export|evaluate`: the optional training extra's commands.
+
+This module imports nothing heavy at import time, so the lot-camera CLI (no torch installed) can
+register these commands and explain what to install when one is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+SHARED = Path("../shared")
+DEFAULT_INPUTS = [SHARED / "datasets/seed-scratch", SHARED / "datasets/lensor-damage"]
+DEFAULT_DATA = Path("datasets/scratch-v1")
+DEFAULT_RUN = Path("runs/train/scratchwatch-yolov5n-320")
+DEFAULT_WEIGHTS = SHARED / "weights/yolov5n-v7.0-coco.pt"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the training-extra commands to the `scratchwatch` parser."""
+    p = subparsers.add_parser("dataset", help="build a clean YOLO dataset (dedupe, split by photo, tile)")
+    dsub = p.add_subparsers(dest="dataset_command", required=True)
+    b = dsub.add_parser("build", help="read YOLO/COCO folders and write one clean single-class dataset")
+    b.add_argument("inputs", nargs="*", type=Path, default=DEFAULT_INPUTS, help="YOLO or COCO dataset folders")
+    b.add_argument("--out", type=Path, default=DEFAULT_DATA, help="output dataset folder")
+    b.add_argument("--near-distance", type=int, default=4, help="perceptual-hash bits for a near copy")
+    b.add_argument("--tile", type=int, default=0, help="also cut train images into an N x N grid (0: off)")
+    b.add_argument("--tile-overlap", type=float, default=0.2, help="tile overlap, fraction of a tile")
+    b.set_defaults(func=_cmd_dataset_build)
+
+    t = subparsers.add_parser("train", help="train the detector from COCO weights (resumable)")
+    t.add_argument("--data", type=Path, default=DEFAULT_DATA / "data.yaml")
+    t.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="yolov5n COCO checkpoint ('' for none)")
+    t.add_argument("--run-dir", type=Path, default=DEFAULT_RUN, help="run folder; an unfinished run resumes")
+    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--imgsz", type=int, default=320)
+    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--device", default="auto", help="auto, cpu, 0 (first CUDA GPU)")
+    t.add_argument("--workers", type=int, default=2)
+    t.add_argument("--patience", type=int, default=15)
+    t.set_defaults(func=_cmd_train)
+
+
+def _require_train_extra() -> None:
+    try:
+        import torch  # noqa: F401
+        import ultralytics  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit(
+            f"this command needs the training extra ({exc.name} is missing): pip install -e '.[train]'"
+        ) from exc
+
+
+def _cmd_dataset_build(args: argparse.Namespace) -> int:
+    from export.dataset import build_dataset
+
+    result = build_dataset(
+        args.inputs, args.out, near_distance=args.near_distance, tile=args.tile, tile_overlap=args.tile_overlap
+    )
+    stats = result.stats
+    print(
+        f"wrote {args.out}: {stats['kept']} photos kept of {stats['samples_read']} "
+        f"({stats['removed']} copies removed, {len(result.problems)} bad samples skipped); "
+        f"split {stats['photos_per_split']}; report: {args.out / 'report.md'}"
+    )
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    _require_train_extra()
+    from export.train import TrainOptions, train
+
+    weights = args.weights if str(args.weights) else None
+    opts = TrainOptions(
+        data=args.data, weights=weights, run_dir=args.run_dir, epochs=args.epochs, imgsz=args.imgsz,
+        batch=args.batch, device=args.device, workers=args.workers, patience=args.patience,
+    )
+    summary = train(opts)
+    print(f"training done: {summary['best']} ({summary['transfer']})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (`python -m export`), the same commands as `scratchwatch`."""
+    parser = argparse.ArgumentParser(prog="python -m export")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
