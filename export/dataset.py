@@ -474,3 +474,20 @@ def _stats(inputs, samples, kept, merged, splits, written, near_distance, tile) 
         "box_sizes": {k: {name: v.get(name, 0) for name, _, _ in SIZE_BINS} for k, v in box_sizes.items()},
         "merged": merged,
     }
+
+
+# ------------------------------------------------------------------------------------ reading back
+
+
+def load_split(data_dir: Path, split: str) -> list[tuple[Path, np.ndarray]]:
+    """(image, ground-truth YOLO xywhn boxes) for one split of a dataset this module wrote."""
+    if data_dir.suffix in (".yaml", ".yml"):
+        data_dir = data_dir.parent
+    images_dir = data_dir / "images" / split
+    if not images_dir.is_dir():
+        raise DatasetError(f"{data_dir} has no '{split}' split ({images_dir} missing)")
+    out = []
+    for image in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        label = data_dir / "labels" / split / f"{image.stem}.txt"
+        out.append((image, _parse_yolo_label(label) if label.exists() else np.zeros((0, 4))))
+    return out
