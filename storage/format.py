@@ -1,0 +1,113 @@
+"""Rendering incidents for `scratchwatch incidents list/show`.
+
+Kept next to IncidentRecord so the JSON/CSV field set follows the record automatically;
+the CLI only picks a format and prints the returned string.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from datetime import datetime, timezone
+from typing import Any
+
+from storage.repository import IncidentRecord
+
+FORMATS = ("table", "json", "csv")
+"""Values accepted by format_incidents (use as argparse `choices`)."""
+
+FIELD_NAMES = ["id"] + [f.name for f in fields(IncidentRecord) if f.name != "id"]
+"""JSON keys and CSV columns, in order: every IncidentRecord field, id first."""
+
+
+def record_to_dict(record: IncidentRecord) -> dict[str, Any]:
+    """JSON-ready values: datetimes as ISO-8601 with their +00:00 offset, the rest as is."""
+    return {name: _jsonable(getattr(record, name)) for name in FIELD_NAMES}
+
+
+def format_incidents(records: Sequence[IncidentRecord], fmt: str = "table") -> str:
+    """Render a list of incidents as `table` (for people), `json` or `csv` (for tools)."""
+    try:
+        render = _RENDERERS[fmt]
+    except KeyError:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}") from None
+    return render(records)
+
+
+def format_incident(record: IncidentRecord) -> str:
+    """Every field of one incident, one `name: value` line each, for `incidents show`."""
+    values = record_to_dict(record)
+    values["capture_to_row_s"] = _latency_s(record)
+    width = max(len(name) for name in values)
+    return "\n".join(f"{name.ljust(width)}  {_text(value)}" for name, value in values.items())
+
+
+def _to_json(records: Sequence[IncidentRecord]) -> str:
+    return json.dumps([record_to_dict(r) for r in records], indent=2)
+
+
+def _to_csv(records: Sequence[IncidentRecord]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=FIELD_NAMES, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(record_to_dict(r) for r in records)
+    return out.getvalue()
+
+
+_TABLE_COLUMNS: list[tuple[str, Callable[[IncidentRecord], str]]] = [
+    ("ID", lambda r: _text(r.id)),
+    ("CAMERA", lambda r: r.camera_id),
+    ("OPENED (UTC)", lambda r: _short_time(r.opened_at)),
+    ("CLOSED (UTC)", lambda r: _short_time(r.closed_at)),
+    ("MEDIA T", lambda r: _media_time(r.media_time_s)),
+    ("SCORE", lambda r: f"{r.best_score:.2f}"),
+    ("BOX", lambda r: ",".join(map(str, r.box))),
+    ("DETS", lambda r: str(r.detection_count)),
+    ("SNAPSHOT", lambda r: _text(r.snapshot_path)),
+]
+
+
+def _to_table(records: Sequence[IncidentRecord]) -> str:
+    """Plain aligned columns: readable in a terminal, greppable, no colour codes in pipes."""
+    if not records:
+        return "no incidents"
+    rows = [[header for header, _ in _TABLE_COLUMNS]]
+    rows += [[cell(r) for _, cell in _TABLE_COLUMNS] for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_TABLE_COLUMNS))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+
+_RENDERERS: dict[str, Callable[[Sequence[IncidentRecord]], str]] = {
+    "table": _to_table,
+    "json": _to_json,
+    "csv": _to_csv,
+}
+
+
+def _jsonable(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _text(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _short_time(value: datetime | None) -> str:
+    return "-" if value is None else value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _media_time(seconds: float | None) -> str:
+    """Seconds into the video as m:ss.s, the way a player shows it."""
+    if seconds is None:
+        return "-"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}:{rest:04.1f}"
+
+
+def _latency_s(record: IncidentRecord) -> float | None:
+    if record.recorded_at is None:
+        return None
+    return round((record.recorded_at - record.captured_at).total_seconds(), 3)
