@@ -7,7 +7,7 @@ compares the two on SQLite and PostgreSQL.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from sqlalchemy import CheckConstraint, DateTime, Dialect, ForeignKey, Index, MetaData, String
+from sqlalchemy import CheckConstraint, DateTime, Double, Dialect, ForeignKey, Index, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -57,6 +57,8 @@ class Base(DeclarativeBase):
     """Declarative base of every ScratchWatch table."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    # SQLAlchemy 2.0 maps float to Float, 2.1 to Double: pin it so the migration matches both.
+    type_annotation_map = {float: Double()}
 
 
 class Camera(Base):
