@@ -16,6 +16,7 @@ DEFAULT_INPUTS = [SHARED / "datasets/seed-scratch", SHARED / "datasets/lensor-da
 DEFAULT_DATA = Path("datasets/scratch-v1")
 DEFAULT_RUN = Path("runs/train/scratchwatch-yolov5n-320")
 DEFAULT_WEIGHTS = SHARED / "weights/yolov5n-v7.0-coco.pt"
+DEFAULT_MODEL = Path("models/scratchwatch-yolov5n-320.onnx")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,9 +43,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--patience", type=int, default=15)
     t.set_defaults(func=_cmd_train)
 
+    e = subparsers.add_parser("export", help="export a checkpoint to ONNX, check parity, embed metrics")
+    e.add_argument("--checkpoint", type=Path, default=DEFAULT_RUN / "weights/best.pt")
+    e.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the dataset the model was trained on")
+    e.add_argument("--out", type=Path, default=DEFAULT_MODEL)
+    e.add_argument("--imgsz", type=int, default=320)
+    e.set_defaults(func=_cmd_export)
+
+    v = subparsers.add_parser("evaluate", help="score an ONNX model through the pipeline's detector code")
+    v.add_argument("model", type=Path)
+    v.add_argument("data", type=Path, help="a dataset folder built by `scratchwatch dataset build`")
+    v.add_argument("--split", default="test")
+    v.add_argument("--threshold", type=float, help="operating threshold (default: the model's own)")
+    v.add_argument("--clips", type=Path, nargs="*", default=sorted((SHARED / "videos").glob("*.mp4")),
+                   help="clean clips to replay: every incident on them is a false alarm")
+    v.add_argument("--out", type=Path, help="report folder (default: runs/eval/<model stem>)")
+    v.add_argument("--provider", default="auto")
+    v.set_defaults(func=_cmd_evaluate)
+
 
 def _require_train_extra() -> None:
+    """Fail with the install hint when torch/ultralytics are absent; otherwise go offline first."""
     try:
+        from export.train import offline_env
+
+        offline_env()
         import torch  # noqa: F401
         import ultralytics  # noqa: F401
     except ImportError as exc:
@@ -79,6 +102,39 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     summary = train(opts)
     print(f"training done: {summary['best']} ({summary['transfer']})")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    _require_train_extra()
+    from export.onnx_export import export_model
+
+    result = export_model(args.checkpoint, args.data, args.out, args.imgsz)
+    p, m = result["parity"], result["metrics"]
+    print(
+        f"wrote {result['model']}: test mAP@0.5 {m['mAP50']:.3f}, mAP@0.5:0.95 {m['mAP50-95']:.3f}, "
+        f"threshold {result['threshold']}; parity: max raw diff {p['max_abs_diff']:.2e}, "
+        f"mAP diff {p['map_diff']:.4f} over {p['images']} images"
+    )
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from export.evaluate import run_evaluation
+
+    report = run_evaluation(
+        args.model, args.data, split=args.split, threshold=args.threshold, clips=args.clips,
+        out_dir=args.out or Path("runs/eval") / args.model.stem, provider=args.provider,
+    )
+    m = report.metrics
+    print(
+        f"{args.model} on {args.data} [{args.split}]: P {m['precision']:.3f} R {m['recall']:.3f} "
+        f"mAP@0.5 {m['mAP50']:.3f} mAP@0.5:0.95 {m['mAP50-95']:.3f}, F1-best threshold {m['threshold']:.3f}; "
+        f"at {m['shipped']['threshold']}: P {m['shipped']['precision']:.3f} R {m['shipped']['recall']:.3f}"
+    )
+    for clip, result in report.clips.items():
+        print(f"  {clip}: {result['incidents']} incidents (false alarms) over {result['frames']} frames")
+    print(f"report: {report.outputs['report']}")
     return 0
 
 

@@ -60,7 +60,7 @@ def export_onnx(checkpoint: Path, imgsz: int, out: Path) -> Path:
 
     produced = Path(
         YOLO(str(checkpoint)).export(
-            format="onnx", imgsz=imgsz, dynamic=True, simplify=True, opset=OPSET, device="cpu", half=False
+            format="onnx", imgsz=imgsz, dynamic=True, simplify=True, opset=OPSET, device="cpu"
         )
     )
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -102,3 +102,61 @@ def torch_raw_outputs(checkpoint: Path, batches: list[np.ndarray]) -> list[np.nd
             y = model(torch.from_numpy(batch))
             outs.append((y[0] if isinstance(y, (list, tuple)) else y).numpy())
     return outs
+
+
+def parity(checkpoint: Path, model: Path, data: Path, split: str = "test") -> ParityReport:
+    """Run PyTorch and ONNX Runtime on the same preprocessed batches; compare raw outputs and mAP."""
+    from export.evaluate import BATCH, EVAL_CONF, EVAL_IOU, load_images, score
+    from pipeline.detector import Detector
+
+    detector = Detector(model, provider="cpu", conf_threshold=EVAL_CONF, iou_threshold=EVAL_IOU)
+    images = load_images(data, split)
+    frames = [im for _, im, _ in images]
+    chunks = [detector.preprocess(frames[i : i + BATCH]) for i in range(0, len(frames), BATCH)]
+    torch_raw = torch_raw_outputs(checkpoint, [batch for batch, _ in chunks])
+    onnx_raw = [detector.run(batch) for batch, _ in chunks]
+    diffs = [np.abs(t - o) for t, o in zip(torch_raw, onnx_raw)]
+
+    def detections(raws: list[np.ndarray]) -> list[np.ndarray]:
+        out = []
+        for raw, (_, boxes) in zip(raws, chunks):
+            out.extend(box.to_frame(d)[:, :5] for box, d in zip(boxes, detector.decode(raw)))
+        return out
+
+    ev_torch, ev_onnx = score(images, detections(torch_raw)), score(images, detections(onnx_raw))
+    return ParityReport(
+        images=len(images),
+        max_abs_diff=float(max(d.max() for d in diffs)),
+        max_score_diff=float(max(d[:, 4:].max() for d in diffs)),
+        map50_torch=ev_torch.map50,
+        map50_onnx=ev_onnx.map50,
+        map50_95_torch=ev_torch.map50_95,
+        map50_95_onnx=ev_onnx.map50_95,
+    )
+
+
+def export_model(checkpoint: Path, data: Path, out: Path, imgsz: int, threshold_split: str = "val") -> dict:
+    """Export, check parity on the test split, and embed provenance and metrics in the file.
+
+    The operating threshold is the F1-best one on ``threshold_split`` (val), never chosen on test.
+    """
+    from export.dataset import dataset_hash
+    from export.evaluate import at_threshold, evaluate_model
+
+    export_onnx(checkpoint, imgsz, out)
+    report = parity(checkpoint, out, data, "test")
+    log.info("parity: %s", report.as_dict())
+    if not report.ok:
+        raise RuntimeError(f"ONNX parity failed for {out}: {report.as_dict()}")
+    val_ev, _ = evaluate_model(out, data, threshold_split, provider="cpu", progress=False)
+    test_ev, _ = evaluate_model(out, data, "test", provider="cpu", progress=False)
+    threshold = round(val_ev.best_threshold, 3)
+    metrics = {"split": "test", **test_ev.as_dict(), "shipped": at_threshold(test_ev, threshold)}
+    set_metadata(out, {
+        "scratchwatch_data_hash": dataset_hash(data.parent if data.suffix in (".yaml", ".yml") else data),
+        "scratchwatch_metrics": metrics,
+        "scratchwatch_threshold": str(threshold),
+        "scratchwatch_parity": report.as_dict(),
+        "scratchwatch_opset": str(OPSET),
+    })
+    return {"model": str(out), "threshold": threshold, "metrics": metrics, "parity": report.as_dict()}

@@ -19,6 +19,7 @@ from export.weights import YOLOV5N_COCO_SHA256, load_yolov5_state_dict, transfer
 
 log = logging.getLogger(__name__)
 
+ULTRALYTICS_DIR = Path("runs/.ultralytics")  # ultralytics' settings + the font it would download
 MODEL_YAML = "yolov5n.yaml"  # ultralytics' YOLOv5u: yolov5 backbone + neck, anchor-free head
 
 
@@ -37,7 +38,7 @@ class TrainOptions:
     weights_sha256: str | None = YOLOV5N_COCO_SHA256
 
 
-def offline_env(config_dir: Path) -> None:
+def offline_env(config_dir: Path = ULTRALYTICS_DIR) -> None:
     """Make ultralytics run with no network at all; must run before ultralytics is imported."""
     font_dir = config_dir / "Ultralytics"
     font_dir.mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,7 @@ def _finished(run_dir: Path) -> bool:
 
 def train(opts: TrainOptions) -> dict:
     """Train (or resume an interrupted run in ``opts.run_dir``); returns the run summary."""
-    offline_env(opts.run_dir.parent / ".ultralytics")
+    offline_env()
     from ultralytics import YOLO
 
     last = opts.run_dir / "weights" / "last.pt"

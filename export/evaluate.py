@@ -1,0 +1,171 @@
+"""Evaluate an ONNX model through the pipeline's own detector code, not ultralytics' validator.
+
+What ships is the ONNX file behind ``pipeline.detector.Detector``; scoring anything else (the
+PyTorch checkpoint, ultralytics' letterbox and NMS) would measure a model nobody runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from export.boxes import xywhn_to_xyxy
+from export.dataset import load_split
+from export.metrics import Evaluation, ImageResult, evaluate
+
+log = logging.getLogger(__name__)
+
+EVAL_CONF = 0.001  # keep nearly everything: AP integrates over all thresholds
+EVAL_IOU = 0.6
+BATCH = 8
+
+
+@dataclass
+class EvalReport:
+    model: str
+    data: str
+    split: str
+    metrics: dict
+    clips: dict[str, dict] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+def load_images(data: Path, split: str) -> list[tuple[Path, np.ndarray, np.ndarray]]:
+    """(path, BGR image, xyxy pixel truth) for each decodable image of the split."""
+    rows = []
+    for path, boxes in load_split(data, split):
+        image = cv2.imread(str(path))
+        if image is None:
+            log.warning("skipping %s: does not decode", path)
+            continue
+        h, w = image.shape[:2]
+        rows.append((path, image, xywhn_to_xyxy(boxes, w, h)))
+    return rows
+
+
+def detections_for(detector, images: list[np.ndarray], progress: bool = False) -> list[np.ndarray]:
+    """(N, 5) x1 y1 x2 y2 score per image, in batches as the inference stage would run them."""
+    from rich.progress import track
+
+    out: list[np.ndarray] = []
+    steps = range(0, len(images), BATCH)
+    for start in track(steps, description="detecting", disable=not progress):
+        out.extend(d[:, :5] for d in detector.detect(images[start : start + BATCH]))
+    return out
+
+
+def score(images: list[tuple[Path, np.ndarray, np.ndarray]], detections: list[np.ndarray]) -> Evaluation:
+    return evaluate(
+        [ImageResult(d, gt, float(img.shape[0] * img.shape[1])) for (_, img, gt), d in zip(images, detections)]
+    )
+
+
+def evaluate_model(
+    model: Path, data: Path, split: str = "test", provider: str = "auto", progress: bool = True
+) -> tuple[Evaluation, list]:
+    from pipeline.detector import Detector
+
+    detector = Detector(model, provider=provider, conf_threshold=EVAL_CONF, iou_threshold=EVAL_IOU)
+    images = load_images(data, split)
+    if not images:
+        raise ValueError(f"{data}: the '{split}' split has no decodable images")
+    return score(images, detections_for(detector, [im for _, im, _ in images], progress)), images
+
+
+def plot_pr_curve(ev: Evaluation, path: Path, title: str, shipped_threshold: float | None = None) -> None:
+    """Precision-recall at IoU 0.5 with the F1-best (and shipped) operating points marked."""
+    from export.report import _plt
+
+    plt = _plt()
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    ax.plot(ev.recall, ev.precision, lw=1.5, label=f"mAP@0.5 = {ev.map50:.3f}")
+    ax.plot([ev.recall_at_best], [ev.precision_at_best], "o", label=f"F1-best @ {ev.best_threshold:.2f}")
+    if shipped_threshold is not None and len(ev.scores):
+        i = max(int(np.searchsorted(-ev.scores, -shipped_threshold, side="right")) - 1, 0)
+        ax.plot([ev.recall[i]], [ev.precision[i]], "s", label=f"shipped @ {shipped_threshold:.2f}")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    f1 = 2 * ev.precision * ev.recall / np.maximum(ev.precision + ev.recall, 1e-12)
+    ax2.plot(ev.scores, f1, label="F1")
+    ax2.plot(ev.scores, ev.precision, label="precision")
+    ax2.plot(ev.scores, ev.recall, label="recall")
+    ax2.set(xlabel="confidence threshold", xlim=(0, 1), ylim=(0, 1.02), title="by threshold")
+    ax2.grid(alpha=0.3)
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def at_threshold(ev: Evaluation, threshold: float) -> dict:
+    """Precision and recall (IoU 0.5) when detections below ``threshold`` are dropped."""
+    n = int(np.sum(ev.scores >= threshold))
+    if n == 0:
+        return {"threshold": threshold, "precision": 0.0, "recall": 0.0}
+    return {"threshold": round(threshold, 4), "precision": round(float(ev.precision[n - 1]), 4),
+            "recall": round(float(ev.recall[n - 1]), 4)}
+
+
+def write_report(report: EvalReport, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(report.__dict__, indent=2, default=str))
+
+
+def model_threshold(model: Path) -> float | None:
+    """The operating threshold `scratchwatch export` embedded in the model, if any."""
+    import onnxruntime as ort
+
+    meta = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    return float(meta["scratchwatch_threshold"]) if "scratchwatch_threshold" in meta else None
+
+
+def replay_clips(model: Path, threshold: float, clips: list[Path], work_dir: Path) -> dict[str, dict]:
+    """Replay clean clips through the real pipeline at ``threshold``; every incident is a false alarm."""
+    from pipeline.config import load_settings
+    from pipeline.runner import replay_files
+
+    base = load_settings()
+    settings = base.model_copy(
+        update={
+            "data_dir": work_dir,
+            "detector": base.detector.model_copy(update={"model": model.resolve(), "conf_threshold": threshold}),
+            "database": base.database.model_copy(update={"url": None}),
+        }
+    )
+    report = replay_files(settings, clips, progress=True)
+    return {
+        Path(f.path).name: {"frames": f.frames, "incidents": f.incidents, "error": f.error}
+        for f in report.files
+    }
+
+
+def run_evaluation(
+    model: Path,
+    data: Path,
+    *,
+    split: str = "test",
+    threshold: float | None = None,
+    clips: list[Path] | None = None,
+    out_dir: Path,
+    provider: str = "auto",
+) -> EvalReport:
+    """Metrics, PR curve and false alarms on clean clips, written to ``out_dir``."""
+    import tempfile
+
+    ev, _ = evaluate_model(model, data, split, provider)
+    threshold = threshold if threshold is not None else (model_threshold(model) or ev.best_threshold)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_pr_curve(ev, out_dir / "pr_curve.png", f"{model.name} on {split}", threshold)
+    report = EvalReport(str(model), str(data), split, {**ev.as_dict(), "shipped": at_threshold(ev, threshold)})
+    if clips:
+        with tempfile.TemporaryDirectory(prefix="scratchwatch-eval-") as work:
+            report.clips = replay_clips(model, threshold, list(clips), Path(work))
+    report.outputs = {"pr_curve": str(out_dir / "pr_curve.png"), "report": str(out_dir / "metrics.json")}
+    write_report(report, out_dir)
+    return report
