@@ -12,7 +12,8 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from export.weights import YOLOV5N_COCO_SHA256, load_yolov5_state_dict, transfer
@@ -36,6 +37,8 @@ class TrainOptions:
     seed: int = 0
     patience: int = 15
     weights_sha256: str | None = YOLOV5N_COCO_SHA256
+    # ultralytics callbacks by event name (progress hooks, and tests that interrupt a run)
+    callbacks: dict[str, Callable] = field(default_factory=dict)
 
 
 def offline_env(config_dir: Path = ULTRALYTICS_DIR) -> None:
@@ -94,12 +97,12 @@ def train(opts: TrainOptions) -> dict:
     if last.exists():
         log.info("resuming %s", last)
         transfer_report = json.loads((opts.run_dir / "transfer.json").read_text())
-        YOLO(str(last)).train(resume=True)
+        _with_callbacks(YOLO(str(last)), opts).train(resume=True)
     else:
         transfer_report = _fresh_start(opts)
-        YOLO(str(opts.run_dir / "start.pt")).train(**_train_args(opts))
+        _with_callbacks(YOLO(str(opts.run_dir / "start.pt")), opts).train(**_train_args(opts))
     summary = {
-        "options": {k: str(v) for k, v in asdict(opts).items()},
+        "options": {k: str(v) for k, v in asdict(opts).items() if k != "callbacks"},
         "transfer": transfer_report["summary"],
         "wall_time_s_this_session": round(time.monotonic() - started, 1),
         "best": str(opts.run_dir / "weights" / "best.pt"),
@@ -107,6 +110,12 @@ def train(opts: TrainOptions) -> dict:
     }
     (opts.run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _with_callbacks(model, opts: TrainOptions):
+    for event, fn in opts.callbacks.items():
+        model.add_callback(event, fn)
+    return model
 
 
 def _fresh_start(opts: TrainOptions) -> dict:

@@ -1,0 +1,79 @@
+"""One short, interrupted and resumed training run, then ONNX export and parity, on a tiny set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("ultralytics", reason="training is in the [train] extra")
+
+from export.dataset import build_dataset  # noqa: E402
+from export.onnx_export import MAX_MAP_DIFF, OPSET, export_model, read_metadata  # noqa: E402
+from export.train import TrainOptions, offline_env, train  # noqa: E402
+from tests.export.conftest import photo, write_label  # noqa: E402
+
+pytestmark = pytest.mark.train
+
+
+class Interrupted(Exception):
+    """Stands in for a killed process: raised after the first epoch was saved."""
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    src = tmp_path / "marks"
+    (src / "images").mkdir(parents=True)
+    (src / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        img = photo(i, (96, 96))
+        x, y = int(rng.integers(10, 50)), int(rng.integers(10, 50))
+        cv2.rectangle(img, (x, y), (x + 30, y + 8), (0, 0, 255), -1)
+        cv2.imwrite(str(src / "images" / f"m{i}.jpg"), img)
+        write_label(src / "labels" / f"m{i}.txt", [((x + 15) / 96, (y + 4) / 96, 30 / 96, 8 / 96)])
+    out = tmp_path / "data"
+    build_dataset([src], out, fractions={"train": 0.5, "val": 0.25, "test": 0.25}, progress=False)
+    return out
+
+
+def test_train_interrupt_resume_export_parity(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # ultralytics settings + font dir go under ./runs
+    offline_env()
+    run_dir = tmp_path / "runs" / "tiny"
+
+    def stop_after_first_epoch(trainer) -> None:
+        if trainer.epoch == 0:
+            raise Interrupted
+
+    opts = TrainOptions(
+        data=tiny_dataset / "data.yaml", weights=None, run_dir=run_dir, epochs=2, imgsz=64, batch=4,
+        device="cpu", workers=0, callbacks={"on_fit_epoch_end": stop_after_first_epoch},
+    )
+    with pytest.raises(Interrupted):
+        train(opts)
+    assert (run_dir / "weights" / "last.pt").exists() and not (run_dir / "train_summary.json").exists()
+
+    summary = train(TrainOptions(**{**opts.__dict__, "callbacks": {}}))  # resumes the interrupted run
+    results = (run_dir / "results.csv").read_text().strip().splitlines()
+    assert len(results) == 3, "header + one row per epoch: epoch 1 from the first run, epoch 2 resumed"
+    assert summary["data_hash"] == json.loads((tiny_dataset / "report.json").read_text())["data_hash"]
+    assert (run_dir / "results.png").exists(), "training curves are drawn"
+
+    out = tmp_path / "model.onnx"
+    result = export_model(run_dir / "weights" / "best.pt", tiny_dataset, out, imgsz=64)
+    parity = result["parity"]
+    assert parity["ok"] and parity["map_diff"] <= MAX_MAP_DIFF
+    assert parity["max_abs_diff"] < 0.05  # raw box pixels/scores of fp32 torch vs ONNX Runtime
+    meta = read_metadata(out)
+    assert meta["opset"] == str(OPSET)
+    assert json.loads(meta["scratchwatch_metrics"])["split"] == "test"
+    assert meta["scratchwatch_data_hash"] == summary["data_hash"]
+
+    from pipeline.detector import Detector
+
+    detector = Detector(out, provider="cpu")
+    assert detector.imgsz == (64, 64) and detector.names == {0: "scratch"} and detector.batch_dynamic
