@@ -1,0 +1,254 @@
+"""Capture: one thread per source, OpenCV decoding, frames pushed to inference.
+
+Files are lossless (block on the high-water mark) and end with EOS; live sources (URLs, devices)
+never block: a frame that does not fit is dropped and counted, and a lost stream reconnects with
+bounded exponential backoff and jitter. Each thread owns its PUSH socket (zmq sockets are not
+thread-safe), so one stalled camera never holds up another.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import zmq
+
+from pipeline.config import CameraConfig, CaptureConfig, is_live_source
+from pipeline.logs import RateLimitedLog
+from pipeline.messages import EosHeader, FrameHeader, SourceKind, encode_control, encode_frame, now_ns
+from pipeline.transport import push_socket, send, send_until
+
+log = logging.getLogger(__name__)
+EOS_TIMEOUT_MS = 10_000
+FALLBACK_FPS = 25.0
+"""Used when a file does not declare its frame rate."""
+
+
+class CaptureError(RuntimeError):
+    """A source cannot be read; the message names it."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """What one capture thread reads and how."""
+
+    camera: str
+    source: str | int
+    fps: float | None = None
+    realtime: bool = False
+
+    @property
+    def kind(self) -> SourceKind:
+        return "live" if is_live_source(self.source) else "replay"
+
+    @classmethod
+    def from_camera(cls, camera: CameraConfig) -> SourceSpec:
+        return cls(camera=camera.id, source=camera.source, fps=camera.fps, realtime=camera.realtime)
+
+
+@dataclass
+class CaptureStats:
+    """Counters the supervisor reads for progress and the replay report."""
+
+    sent: int = 0
+    dropped: int = 0
+    expected: int | None = None
+    state: str = "starting"
+    error: str | None = None
+    finished: bool = False
+
+
+class Backoff:
+    """Exponential reconnect delays, capped, each jittered by +/- ``jitter``."""
+
+    def __init__(self, initial_s: float, max_s: float, jitter: float, rng: random.Random | None = None) -> None:
+        self.initial_s, self.max_s, self.jitter = initial_s, max_s, jitter
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        delay = min(self.max_s, self.initial_s * 2**self.attempt)
+        self.attempt += 1
+        return delay * (1 + self.jitter * self._rng.uniform(-1, 1))
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class CaptureThread(threading.Thread):
+    """Reads one source until it ends or ``stop`` is set, then sends its EOS."""
+
+    def __init__(
+        self, spec: SourceSpec, ctx: zmq.Context, endpoint: str, hwm: int, policy: CaptureConfig, stop: threading.Event
+    ) -> None:
+        super().__init__(name=f"capture-{spec.camera}", daemon=True)
+        self.spec, self.ctx, self.endpoint, self.hwm, self.policy, self.stop = spec, ctx, endpoint, hwm, policy, stop
+        self.stats = CaptureStats()
+        self._drops = RateLimitedLog(log, 10.0)
+
+    def run(self) -> None:
+        sock = push_socket(self.ctx, self.endpoint, self.hwm)
+        sock.setsockopt(zmq.SNDTIMEO, EOS_TIMEOUT_MS)
+        try:
+            if self.spec.kind == "live":
+                self._run_live(sock)
+            else:
+                self._run_file(sock)
+        except CaptureError as exc:
+            self.stats.error = str(exc)
+            log.error("%s", exc)
+        except Exception as exc:  # a capture bug must still end the source cleanly
+            self.stats.error = f"camera {self.spec.camera}: capture failed: {exc!r}"
+            log.exception("camera %s: capture failed", self.spec.camera)
+        finally:
+            self._send_eos(sock)
+            sock.close()
+            self.stats.finished = True
+
+    def _run_file(self, sock: zmq.Socket) -> None:
+        path = Path(str(self.spec.source))
+        cap = open_file(path)
+        try:
+            src_fps = _file_fps(cap)
+            total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+            self.stats.expected = _sampled_count(total, src_fps, self.spec.fps) if total > 0 else None
+            self.stats.state = "reading"
+            decoded = self._pump_file(sock, cap, src_fps)
+        finally:
+            cap.release()
+        if decoded == 0:
+            raise CaptureError(f"video file {path}: no frame could be decoded (corrupt or unsupported format)")
+        if total and decoded < total * 0.9 and not self.stop.is_set():
+            log.warning("video file %s: decoding stopped after %d of %d frames", path, decoded, total)
+
+    def _pump_file(self, sock: zmq.Socket, cap: cv2.VideoCapture, src_fps: float) -> int:
+        """Send the frames that fall in new ``fps`` slots of media time; return frames decoded."""
+        start = time.monotonic()
+        index, last_slot = -1, -1
+        while not self.stop.is_set() and cap.grab():
+            index += 1
+            media_time = index / src_fps
+            slot = math.floor(media_time * self.spec.fps + 1e-6) if self.spec.fps else index
+            if slot <= last_slot:
+                continue
+            last_slot = slot
+            ok, image = cap.retrieve()
+            if not ok:
+                continue
+            if self.spec.realtime:
+                self.stop.wait(max(0.0, start + media_time - time.monotonic()))
+            if not send_until(sock, self._frame(image, media_time), self.stop):
+                break
+            self.stats.sent += 1
+        return index + 1
+
+    def _run_live(self, sock: zmq.Socket) -> None:
+        backoff = Backoff(self.policy.reconnect_initial_s, self.policy.reconnect_max_s, self.policy.reconnect_jitter)
+        while not self.stop.is_set():
+            cap = open_live(self.spec.source, self.policy.open_timeout_s)
+            if not cap.isOpened():
+                self._set_state("unreachable", f"retrying, backoff up to {self.policy.reconnect_max_s:g}s")
+                self.stop.wait(backoff.next())
+                continue
+            self._set_state("connected")
+            backoff.reset()
+            try:
+                self._pump_live(sock, cap)
+            finally:
+                cap.release()
+            if not self.stop.is_set():
+                self._set_state("lost", "reconnecting")
+                self.stop.wait(backoff.next())
+
+    def _pump_live(self, sock: zmq.Socket, cap: cv2.VideoCapture) -> None:
+        """Keep decoding (so the stream's buffer never ages), send at ``fps`` by wall clock."""
+        period = 1 / self.spec.fps if self.spec.fps else 0.0
+        next_due = time.monotonic()
+        while not self.stop.is_set() and cap.grab():
+            now = time.monotonic()
+            if now < next_due:
+                continue
+            next_due = now + period if now - next_due > period else next_due + period
+            ok, image = cap.retrieve()
+            if ok and self.send_live(sock, image):
+                self.stats.sent += 1
+
+    def send_live(self, sock: zmq.Socket, image: np.ndarray) -> bool:
+        """Never wait: when inference is behind, this frame is dropped and counted."""
+        if send(sock, self._frame(image, None), block=False):
+            return True
+        self.stats.dropped += 1
+        self._drops.warning("drop", "camera %s: inference busy, dropped %d frames so far", self.spec.camera, self.stats.dropped)
+        return False
+
+    def _frame(self, image: np.ndarray, media_time: float | None) -> list:
+        header = FrameHeader(
+            camera=self.spec.camera,
+            kind=self.spec.kind,
+            source=redact(self.spec.source),
+            seq=self.stats.sent,
+            captured_ns=now_ns(),
+            media_time_s=media_time,
+            shape=image.shape,
+        )
+        return encode_frame(header, image)
+
+    def _set_state(self, state: str, detail: str = "") -> None:
+        """Log transitions only, so a camera that stays down does not flood the log."""
+        if state == self.stats.state:
+            return
+        self.stats.state = state
+        level = logging.INFO if state == "connected" else logging.WARNING
+        log.log(level, "camera %s (%s): %s%s", self.spec.camera, redact(self.spec.source), state, f"; {detail}" if detail else "")
+
+    def _send_eos(self, sock: zmq.Socket) -> None:
+        eos = EosHeader(camera=self.spec.camera, kind=self.spec.kind, source=redact(self.spec.source), error=self.stats.error)
+        try:
+            send(sock, encode_control(eos))
+        except zmq.Again:
+            log.error("camera %s: inference did not take the end-of-stream within %d ms", self.spec.camera, EOS_TIMEOUT_MS)
+
+
+def open_file(path: Path) -> cv2.VideoCapture:
+    """Open a video file or raise CaptureError naming it."""
+    if not path.is_file():
+        raise CaptureError(f"video file {path}: not found")
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        cap.release()
+        raise CaptureError(f"video file {path}: OpenCV cannot open it (corrupt or unsupported format)")
+    return cap
+
+
+def open_live(source: str | int, timeout_s: float) -> cv2.VideoCapture:
+    """A device index, or a URL through FFmpeg with bounded open/read timeouts."""
+    if isinstance(source, int):
+        return cv2.VideoCapture(source)
+    timeout_ms = int(timeout_s * 1000)
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
+    return cv2.VideoCapture(source, cv2.CAP_FFMPEG, params)
+
+
+def redact(source: str | int) -> str:
+    """The source for logs and messages, with any URL password masked."""
+    return re.sub(r"(//[^:/@]+:)[^@/]*@", r"\1***@", str(source))
+
+
+def _file_fps(cap: cv2.VideoCapture) -> float:
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    return fps if fps and math.isfinite(fps) and fps > 0 else FALLBACK_FPS
+
+
+def _sampled_count(total: int, src_fps: float, fps: float | None) -> int:
+    """How many frames the media-time sampling will send out of ``total``."""
+    if not fps or fps >= src_fps:
+        return total
+    return math.floor((total - 1) / src_fps * fps + 1e-6) + 1

@@ -1,0 +1,288 @@
+"""Typed settings of the pipeline, loaded from one YAML file.
+
+Every section is its own pydantic model with ``extra="forbid"``, so a typo in ``config.yaml``
+stops the daemon at start with the key's path instead of being ignored until a camera misbehaves
+at 3 a.m. ``config.yaml`` at the repository root is the documented default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_ENV = "SCRATCHWATCH_CONFIG"
+DATABASE_URL_ENV = "SCRATCHWATCH_DATABASE_URL"
+DATA_DIR_ENV = "SCRATCHWATCH_DATA_DIR"
+PACKAGED_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
+"""The repository's documented default, used when neither --config nor ./config.yaml exists."""
+
+LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+CAMERA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+
+
+class ConfigError(Exception):
+    """The config file cannot be read or does not validate; the message names the file and key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class CameraConfig(_Section):
+    id: str = Field(title="Camera id", description="Unique name; stored with every incident and used in snapshot paths.")
+    source: str | int = Field(
+        title="Source",
+        description="Video file path, rtsp:// or http(s):// URL, or a device index (integer) such as 0.",
+    )
+    fps: float | None = Field(
+        default=5.0,
+        gt=0,
+        title="Analysed frames per second",
+        description="Target rate of frames sent to the detector (by media time for files, wall clock for live). "
+        "null analyses every frame.",
+    )
+    realtime: bool = Field(
+        default=True,
+        title="Pace files in real time",
+        description="For file sources in `run`: read at the file's own frame rate, like a camera. Ignored for live sources.",
+    )
+    enabled: bool = Field(default=True, title="Enabled", description="false keeps the entry but does not open the source.")
+
+    @field_validator("id")
+    @classmethod
+    def _id_chars(cls, value: str) -> str:
+        if not CAMERA_ID.match(value):
+            raise ValueError("use letters, digits and . _ : - (must start with a letter or digit)")
+        return value
+
+    @property
+    def is_live(self) -> bool:
+        """Live sources (URLs, devices) may drop frames; files never do."""
+        return is_live_source(self.source)
+
+
+class CaptureConfig(_Section):
+    reconnect_initial_s: float = Field(
+        default=1.0, gt=0, title="First reconnect delay", description="Seconds before the first reconnect attempt of a live source."
+    )
+    reconnect_max_s: float = Field(
+        default=30.0, gt=0, title="Longest reconnect delay", description="The exponential backoff stops growing here."
+    )
+    reconnect_jitter: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        title="Reconnect jitter",
+        description="Random +/- fraction added to each delay so many cameras do not reconnect in lockstep.",
+    )
+    open_timeout_s: float = Field(
+        default=10.0, gt=0, title="Open/read timeout", description="FFmpeg open and read timeout for network sources, seconds."
+    )
+
+
+class TransportConfig(_Section):
+    kind: Literal["ipc", "tcp"] = Field(
+        default="ipc",
+        title="Transport",
+        description="ipc: Unix sockets under <data_dir>/run (one host). tcp: TCP on `host`.",
+    )
+    host: str = Field(
+        default="127.0.0.1", title="TCP host", description="Interface the stages bind to when kind is tcp."
+    )
+    frames_port: int = Field(
+        default=0, ge=0, le=65535, title="Frames port", description="TCP port of capture -> inference; 0 picks a free one."
+    )
+    detections_port: int = Field(
+        default=0, ge=0, le=65535, title="Detections port", description="TCP port of inference -> incidents; 0 picks a free one."
+    )
+    hwm: int = Field(
+        default=4,
+        ge=1,
+        title="High-water mark",
+        description="Messages queued per socket before senders block (files) or drop (live): small keeps latency low.",
+    )
+
+
+class DetectorConfig(_Section):
+    model: Path = Field(
+        default=Path("models/scratchwatch-yolov5n-320.onnx"),
+        title="ONNX model",
+        description="Path of the exported detector; relative paths resolve against the config file's folder.",
+    )
+    provider: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        title="Execution provider",
+        description="auto: TensorRT/CUDA when the session really gets it, else CPU. cpu, cuda: explicit.",
+    )
+    conf_threshold: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        title="Confidence threshold",
+        description="Detections below are discarded; null uses the threshold embedded in the model at export, else 0.25.",
+    )
+    iou_threshold: float = Field(default=0.45, ge=0, le=1, title="NMS IoU threshold", description="Overlap above which NMS suppresses a box.")
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        title="ONNX Runtime threads",
+        description="intra_op threads of the CPU provider; null lets ONNX Runtime choose (all cores).",
+    )
+    max_batch: int = Field(
+        default=4, ge=1, title="Largest batch", description="Frames waiting from several cameras are run together, up to this many."
+    )
+
+
+class TrackerConfig(_Section):
+    iou_threshold: float = Field(
+        default=0.3, gt=0, le=1, title="Association IoU", description="A detection continues a track when their boxes overlap at least this much."
+    )
+    min_hits: int = Field(default=3, ge=1, title="Hits to open", description="Detections a track needs before it becomes an incident.")
+    max_missed: int = Field(
+        default=10,
+        ge=1,
+        title="Misses to close",
+        description="Analysed frames without a detection after which an incident closes; shorter flickers stay one incident.",
+    )
+
+
+class SnapshotsConfig(_Section):
+    enabled: bool = Field(default=True, title="Write snapshots", description="Annotated frame and crop of each incident's best detection.")
+    margin: float = Field(default=0.25, ge=0, title="Crop margin", description="Margin around the box in the crop, as a fraction of the box size.")
+    jpeg_quality: int = Field(default=90, ge=1, le=100, title="JPEG quality", description="cv2.IMWRITE_JPEG_QUALITY of both snapshots.")
+
+
+class DatabaseConfig(_Section):
+    url: str | None = Field(
+        default=None,
+        title="Database URL",
+        description="SQLAlchemy URL; null means SQLite at <data_dir>/scratchwatch.db. SCRATCHWATCH_DATABASE_URL overrides.",
+    )
+    max_queue: int = Field(default=1000, ge=1, title="Writer queue", description="Incident records buffered while the database is locked or down.")
+    flush_timeout_s: float = Field(
+        default=30.0, gt=0, title="Flush timeout", description="How long a clean shutdown waits for queued records to be written."
+    )
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", title="Log level", description="Root log level of every stage.")
+    rate_limit_s: float = Field(
+        default=10.0, ge=0, title="Repeat-log interval", description="Repeated warnings (malformed messages, drops) are logged at most once per interval."
+    )
+
+
+class ReplayConfig(_Section):
+    fps: float | None = Field(
+        default=None, gt=0, title="Replay frames per second", description="Media-time sampling of `scratchwatch replay`; null analyses every frame."
+    )
+
+
+class Settings(_Section):
+    data_dir: Path = Field(
+        default=Path("data"),
+        title="Data folder",
+        description="SQLite file, snapshots and ipc sockets live here. SCRATCHWATCH_DATA_DIR overrides.",
+    )
+    cameras: list[CameraConfig] = Field(default_factory=list, title="Cameras", description="Sources analysed by `scratchwatch run`.")
+    capture: CaptureConfig = Field(default_factory=CaptureConfig, title="Capture", description="Reconnect policy of live sources.")
+    transport: TransportConfig = Field(default_factory=TransportConfig, title="Transport", description="ZeroMQ links between the stages.")
+    detector: DetectorConfig = Field(default_factory=DetectorConfig, title="Detector", description="ONNX model and its thresholds.")
+    tracker: TrackerConfig = Field(default_factory=TrackerConfig, title="Tracker", description="How detections become incidents.")
+    snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig, title="Snapshots", description="JPEG evidence of each incident.")
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig, title="Database", description="Where incidents are stored.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, title="Logging", description="Log level and rate limits.")
+    replay: ReplayConfig = Field(default_factory=ReplayConfig, title="Replay", description="Settings of `scratchwatch replay`.")
+
+    @model_validator(mode="after")
+    def _unique_camera_ids(self) -> Settings:
+        seen: set[str] = set()
+        for camera in self.cameras:
+            if camera.id in seen:
+                raise ValueError(f"camera id {camera.id!r} is used twice")
+            seen.add(camera.id)
+        return self
+
+    @property
+    def database_url(self) -> str:
+        """The configured URL, or SQLite inside the data folder."""
+        from storage.db import default_sqlite_url  # lazy: loading a config needs no SQLAlchemy
+
+        return self.database.url or default_sqlite_url(self.data_dir)
+
+
+def is_live_source(source: str | int) -> bool:
+    """A device index or a network URL is live; anything else is a file path."""
+    return isinstance(source, int) or str(source).lower().startswith(LIVE_SCHEMES)
+
+
+def default_config_path() -> Path:
+    """``$SCRATCHWATCH_CONFIG``, else ``./config.yaml``, else the packaged default."""
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    local = Path("config.yaml")
+    return local if local.is_file() else PACKAGED_CONFIG
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read, validate and resolve a config file; environment overrides apply last."""
+    path = Path(path) if path is not None else default_config_path()
+    raw = _read_yaml(path)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(path, exc)) from None
+    return _resolve(settings, path.resolve().parent)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"config file {path}{where}: invalid YAML: {problem}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping, not {type(raw).__name__}")
+    return raw
+
+
+def format_validation_error(path: Path, exc: ValidationError) -> str:
+    """One line per problem: ``cameras.0.fps: Input should be greater than 0 (got -1)``."""
+    lines = [f"config file {path} is invalid:"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        got = f" (got {error['input']!r})" if error["type"] != "missing" and not isinstance(error["input"], dict) else ""
+        lines.append(f"  {key}: {error['msg']}{got}")
+    return "\n".join(lines)
+
+
+def _resolve(settings: Settings, base: Path) -> Settings:
+    """Anchor relative paths at the config's folder and apply the environment overrides."""
+    env_dir = os.environ.get(DATA_DIR_ENV)
+    data_dir = Path(env_dir).expanduser().resolve() if env_dir else _anchor(settings.data_dir, base)
+    update: dict[str, Any] = {"data_dir": data_dir}
+    update["detector"] = settings.detector.model_copy(update={"model": _anchor(settings.detector.model, base)})
+    update["cameras"] = [
+        camera if camera.is_live else camera.model_copy(update={"source": str(_anchor(Path(str(camera.source)), base))})
+        for camera in settings.cameras
+    ]
+    if os.environ.get(DATABASE_URL_ENV):
+        update["database"] = settings.database.model_copy(update={"url": os.environ[DATABASE_URL_ENV]})
+    return settings.model_copy(update=update)
+
+
+def _anchor(path: Path, base: Path) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else (base / path)

@@ -1,0 +1,168 @@
+"""Incidents stage: PULL detections, track them, write incidents and their snapshots.
+
+The row is written when an incident opens, so capture-to-row latency is one tracker decision
+plus one SQL upsert, and updated (same uid) when it closes with the best frame, snapshots,
+closed_at and detection count. SQL runs on IncidentWriter's thread: a locked or unreachable
+database delays rows but never stalls the stream, and STOP flushes everything accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+from pipeline.config import Settings
+from pipeline.messages import Detections, EosHeader, Message, StopHeader
+from pipeline.snapshots import snapshot_paths, write_snapshots
+from pipeline.stage import EventSender, StageContext, run_stage
+from pipeline.tracker import CameraTracker, Track
+from pipeline.transport import Endpoints, Receiver, pull_socket
+
+log = logging.getLogger(__name__)
+POLL_MS = 200
+PROGRESS_INTERVAL_S = 0.5
+
+
+class IncidentsStage:
+    """Turns the detections stream into incident records handed to a writer."""
+
+    def __init__(self, settings: Settings, writer: Any, events: EventSender | None = None) -> None:
+        self.settings = settings
+        self.writer = writer
+        self.events = events
+        self.trackers: dict[str, CameraTracker] = {}
+        self.frames: Counter[str] = Counter()
+        self.opened: Counter[str] = Counter()
+        self.snapshot_errors = 0
+        self._last_progress = 0.0
+
+    def handle(self, message: Message) -> bool:
+        """One message; True on STOP (every incident closed, nothing more will come)."""
+        if isinstance(message, Detections):
+            self._detections(message)
+        elif isinstance(message, EosHeader):
+            self._close(self.trackers.pop(message.camera, None))
+            self.progress(force=True)
+        elif isinstance(message, StopHeader):
+            for camera in list(self.trackers):
+                self._close(self.trackers.pop(camera))
+            return True
+        return False
+
+    def progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.events and (force or now - self._last_progress >= PROGRESS_INTERVAL_S):
+            self._last_progress = now
+            self.events.emit("progress", **self.counts())
+
+    def counts(self) -> dict[str, Any]:
+        return {"frames": dict(self.frames), "incidents": dict(self.opened), "snapshot_errors": self.snapshot_errors}
+
+    def _detections(self, message: Detections) -> None:
+        camera = message.header.camera
+        self.frames[camera] += 1
+        tracker = self.trackers.setdefault(camera, CameraTracker(self.settings.tracker))
+        update = tracker.update(message.boxes, message.header, message.image)
+        for track in update.opened:
+            self.opened[camera] += 1
+            track.state.update(uid=str(uuid.uuid4()), model_name=message.model_name, model_sha256=message.model_sha256)
+            self.writer.submit(incident_record(track))
+            if self._snapshots(track):  # after the first write: JPEG encoding is off the latency path
+                self.writer.submit(incident_record(track))
+        self._close_tracks(update.closed)
+        self.progress()
+
+    def _close(self, tracker: CameraTracker | None) -> None:
+        if tracker is not None:
+            self._close_tracks(tracker.close_all())
+
+    def _close_tracks(self, tracks: list[Track]) -> None:
+        for track in tracks:
+            self._snapshots(track)
+            self.writer.submit(incident_record(track, closed=True))
+
+    def _snapshots(self, track: Track) -> bool:
+        """Write (or overwrite, on close) the best frame's JPEGs; a failure costs only the images."""
+        if not self.settings.snapshots.enabled or track.best_image is None:
+            return False
+        header = track.best.header
+        paths = snapshot_paths(self.settings.data_dir / "snapshots", header.camera, header.captured_at, str(track.state["uid"]))
+        label = f"scratch {track.best.score:.2f}"
+        try:
+            write_snapshots(track.best_image, track.best.box, label, paths, self.settings.snapshots)
+        except Exception as exc:
+            self.snapshot_errors += 1
+            log.error("incident %s: snapshot not written: %s", track.state["uid"], exc)
+            return False
+        track.state.update(snapshot_path=str(paths.frame), crop_path=str(paths.crop))
+        return True
+
+
+def incident_record(track: Track, *, closed: bool = False) -> Any:
+    """The storage record of a track: opened by ``track.opened``, best frame ``track.best``."""
+    from storage.repository import IncidentRecord
+
+    opened, best, first = track.opened, track.best, track.first
+    assert opened is not None, "only incidents (opened tracks) become records"
+    x1, y1, x2, y2 = (int(round(float(v))) for v in best.box)
+    height, width = best.header.shape[:2]
+    return IncidentRecord(
+        uid=str(track.state["uid"]),
+        camera_id=best.header.camera,
+        kind=best.header.kind,
+        source=best.header.source,
+        opened_at=first.header.captured_at,
+        captured_at=opened.header.captured_at,
+        closed_at=track.last.header.captured_at if closed else None,
+        best_score=best.score,
+        x1=x1,
+        y1=y1,
+        x2=x2,
+        y2=y2,
+        frame_width=width,
+        frame_height=height,
+        model_name=str(track.state["model_name"]),
+        model_sha256=str(track.state["model_sha256"]),
+        detection_count=track.hits,
+        media_time_s=best.header.media_time_s,
+        first_media_time_s=first.header.media_time_s,
+        snapshot_path=track.state.get("snapshot_path"),  # type: ignore[arg-type]
+        crop_path=track.state.get("crop_path"),  # type: ignore[arg-type]
+    )
+
+
+def incidents_main(settings: Settings, endpoints: Endpoints, parent_pid: int) -> None:
+    """Process entry point (spawn target)."""
+    run_stage("incidents", settings, endpoints, parent_pid, _serve)
+
+
+def _serve(stage: StageContext) -> dict[str, Any]:
+    from storage.db import connect
+    from storage.repository import IncidentRepository
+    from storage.writer import IncidentWriter
+
+    settings = stage.settings
+    engine = connect(settings.database_url)
+    writer = IncidentWriter(IncidentRepository(engine), max_queue=settings.database.max_queue)
+    receiver = Receiver(pull_socket(stage.ctx, stage.endpoints.detections, settings.transport.hwm), settings.logging.rate_limit_s, "incidents")
+    worker = IncidentsStage(settings, writer, stage.events)
+    stage.events.emit("ready", final=True)
+    try:
+        while True:
+            message = receiver.recv(POLL_MS)
+            if message is not None and worker.handle(message):
+                break
+            if message is None and not stage.parent_alive():
+                log.warning("incidents: supervisor gone; closing open incidents and exiting")
+                worker.handle(StopHeader())
+                break
+    finally:
+        flushed = writer.close(settings.database.flush_timeout_s)
+        engine.dispose()
+    stats = {**worker.counts(), "saved": writer.saved, "db_retries": writer.retries, "unsaved": len(writer.unsaved), "malformed": receiver.malformed}
+    if not flushed:
+        raise RuntimeError(f"{len(writer.unsaved)} incident(s) could not be written to the database before shutdown")
+    return stats

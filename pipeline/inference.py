@@ -1,0 +1,157 @@
+"""Inference stage: PULL frames, batch them, run the detector, PUSH detections downstream.
+
+Whatever is waiting is drained at once: live cameras keep only their newest frame (an older
+one would only add latency), replay frames are all kept, and frames from several cameras run
+as one batch. EOS and STOP keep their place in the stream, so incidents sees them after the
+frames that preceded them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from pipeline.detector import Detector
+from pipeline.logs import RateLimitedLog
+from pipeline.messages import EosHeader, Frame, Message, StopHeader, encode_control, encode_detections
+from pipeline.stage import StageContext, run_stage
+from pipeline.transport import Endpoints, Receiver, pull_socket, push_socket, send
+
+log = logging.getLogger(__name__)
+POLL_MS = 200
+DRAIN_LIMIT = 64
+"""At most this many waiting messages are taken per round, so control stays responsive."""
+
+
+def newest_live_only(messages: list[Message]) -> tuple[list[Message], int]:
+    """Drop live frames that have a newer frame of the same camera in ``messages``.
+
+    Replay frames and control messages always stay, in order. Returns (kept, dropped count).
+    """
+    newest: dict[str, int] = {}
+    for index, message in enumerate(messages):
+        if isinstance(message, Frame) and message.header.kind == "live":
+            newest[message.header.camera] = index
+    kept = [
+        m
+        for i, m in enumerate(messages)
+        if not (isinstance(m, Frame) and m.header.kind == "live" and newest[m.header.camera] != i)
+    ]
+    return kept, len(messages) - len(kept)
+
+
+class InferenceStage:
+    """The stage's loop, separate from process setup so tests can drive it on real sockets."""
+
+    def __init__(self, detector: Detector, receiver: Receiver, out: zmq.Socket, max_batch: int, rate_limit_s: float = 10.0) -> None:
+        self.detector = detector
+        self.receiver = receiver
+        self.out = out
+        self.max_batch = max_batch
+        self.frames = self.batches = self.dropped = self.errors = 0
+        self.eos_seen: set[str] = set()
+        self.stop_waiting: set[str] | None = None
+        self._log = RateLimitedLog(log, rate_limit_s)
+
+    def run(self, keep_going: Callable[[], bool] = lambda: True) -> None:
+        """Until STOP (after the EOS it waits for) or ``keep_going`` turns false."""
+        while True:
+            messages = self.receiver.drain(POLL_MS, DRAIN_LIMIT)
+            if messages:
+                if self.handle(messages):
+                    return
+            elif not keep_going():
+                log.warning("inference: supervisor gone, exiting")
+                return
+
+    def handle(self, messages: list[Message]) -> bool:
+        """Process one drained round; True once STOP has been forwarded."""
+        kept, dropped = newest_live_only(messages)
+        self.dropped += dropped
+        batch: list[Frame] = []
+        for message in kept:
+            if isinstance(message, Frame):
+                batch.append(message)
+                if len(batch) == self.max_batch:
+                    self._infer(batch)
+                    batch = []
+                continue
+            self._infer(batch)
+            batch = []
+            if self._control(message):
+                return True
+        self._infer(batch)
+        return False
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "frames": self.frames,
+            "batches": self.batches,
+            "dropped_live": self.dropped,
+            "errors": self.errors,
+            "malformed": self.receiver.malformed,
+        }
+
+    def _infer(self, batch: list[Frame]) -> None:
+        if not batch:
+            return
+        try:
+            results = self.detector.detect([frame.image for frame in batch])
+        except Exception:
+            if len(batch) == 1:
+                self._bad_frame(batch[0])
+                return
+            for frame in batch:  # find the bad frame; the others still get analysed
+                self._infer([frame])
+            return
+        self.batches += 1
+        for frame, boxes in zip(batch, results):
+            self.frames += 1
+            parts = encode_detections(
+                frame.header, boxes, frame.image, model_name=self.detector.name, model_sha256=self.detector.model_sha256
+            )
+            send(self.out, parts)
+
+    def _bad_frame(self, frame: Frame) -> None:
+        self.errors += 1
+        self._log.warning(
+            "detect", "inference: camera %s frame %d failed and was skipped (%d so far)", frame.header.camera, frame.header.seq, self.errors
+        )
+        log.debug("detector failure", exc_info=True)
+
+    def _control(self, message: Message) -> bool:
+        if isinstance(message, EosHeader):
+            self.eos_seen.add(message.camera)
+            send(self.out, encode_control(message))
+        elif isinstance(message, StopHeader):
+            self.stop_waiting = set(message.sources)
+        else:
+            self._log.warning("unexpected", "inference: ignored unexpected %s message", type(message).__name__)
+        if self.stop_waiting is not None and self.stop_waiting <= self.eos_seen:
+            send(self.out, encode_control(StopHeader(sources=tuple(sorted(self.eos_seen)))))
+            return True
+        return False
+
+
+def inference_main(settings: Any, endpoints: Endpoints, parent_pid: int) -> None:
+    """Process entry point (spawn target)."""
+    run_stage("inference", settings, endpoints, parent_pid, _serve)
+
+
+def _serve(stage: StageContext) -> dict[str, Any]:
+    config, hwm = stage.settings.detector, stage.settings.transport.hwm
+    detector = Detector(config.model, config.provider, config.conf_threshold, config.iou_threshold, config.threads)
+    frames_in = pull_socket(stage.ctx, stage.endpoints.frames, hwm)
+    detections_out = push_socket(stage.ctx, stage.endpoints.detections, hwm)
+    receiver = Receiver(frames_in, stage.settings.logging.rate_limit_s, "inference")
+    worker = InferenceStage(detector, receiver, detections_out, config.max_batch, stage.settings.logging.rate_limit_s)
+    stage.events.emit(
+        "ready", final=True, providers=detector.providers, model=str(detector.model_path), imgsz=list(detector.imgsz),
+        conf_threshold=detector.conf_threshold,
+    )
+    log.info("inference ready: %s on %s, input %s", detector.name, detector.providers[0], detector.imgsz)
+    worker.run(stage.parent_alive)
+    return worker.stats()

@@ -1,0 +1,182 @@
+"""The message schema between the stages: the one place that encodes and decodes them.
+
+Every message is multipart; part 0 is a JSON header validated with pydantic, the other parts are
+raw buffers sent and received without copies:
+
+- frame:       ``[header, frame bytes]``                 capture -> inference
+- detections:  ``[header, (N, 6) float32 boxes, frame?]``  inference -> incidents; the frame
+               travels only when N > 0, since only incidents need pixels (for snapshots)
+- eos:         ``[header]``  a source ended; travels in order with that source's frames
+- stop:        ``[header]``  drain and exit once the EOS of every listed source has arrived
+- event:       ``[header]``  stage -> supervisor: ready, progress, done, error
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, Union
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+SourceKind = Literal["live", "replay"]
+DETECTION_COLUMNS = 6
+"""x1 y1 x2 y2 score cls, in frame pixels."""
+
+
+class MalformedMessage(ValueError):
+    """A message that does not follow this schema; receivers count and skip it."""
+
+
+class _Header(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FrameHeader(_Header):
+    type: Literal["frame"] = "frame"
+    camera: str = Field(min_length=1)
+    kind: SourceKind
+    source: str
+    seq: int = Field(ge=0)
+    captured_ns: int = Field(ge=0, description="UTC capture time, ns since the epoch")
+    media_time_s: float | None = Field(default=None, description="position in the file; None for live sources")
+    shape: tuple[int, int, int]
+    dtype: Literal["uint8"] = "uint8"
+
+    @property
+    def captured_at(self) -> datetime:
+        return datetime.fromtimestamp(self.captured_ns / 1e9, tz=timezone.utc)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape))
+
+
+class DetectionsHeader(_Header):
+    type: Literal["detections"] = "detections"
+    frame: FrameHeader
+    count: int = Field(ge=0)
+    model_name: str = ""
+    model_sha256: str = ""
+
+
+class EosHeader(_Header):
+    type: Literal["eos"] = "eos"
+    camera: str
+    kind: SourceKind
+    source: str
+    error: str | None = Field(default=None, description="why the source ended early, if it did")
+
+
+class StopHeader(_Header):
+    type: Literal["stop"] = "stop"
+    sources: tuple[str, ...] = Field(default=(), description="cameras whose EOS must arrive before stopping")
+
+
+class EventHeader(_Header):
+    type: Literal["event"] = "event"
+    stage: str
+    event: Literal["ready", "progress", "done", "error"]
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+Header = Annotated[
+    Union[FrameHeader, DetectionsHeader, EosHeader, StopHeader, EventHeader], Field(discriminator="type")
+]
+_HEADER = TypeAdapter(Header)
+
+
+@dataclass(frozen=True)
+class Frame:
+    header: FrameHeader
+    image: np.ndarray
+
+
+@dataclass(frozen=True)
+class Detections:
+    header: FrameHeader
+    model_name: str
+    model_sha256: str
+    boxes: np.ndarray
+    """(N, 6) float32: x1 y1 x2 y2 score cls."""
+    image: np.ndarray | None
+    """The frame, present exactly when N > 0."""
+
+
+Message = Union[Frame, Detections, EosHeader, StopHeader, EventHeader]
+
+
+def now_ns() -> int:
+    """Capture timestamps: UTC wall clock, ns since the epoch."""
+    return time.time_ns()
+
+
+def encode_frame(header: FrameHeader, image: np.ndarray) -> list[Any]:
+    if image.shape != header.shape or image.dtype != np.uint8:
+        raise ValueError(f"frame {image.shape} {image.dtype} does not match its header {header.shape} uint8")
+    return [_dump(header), np.ascontiguousarray(image)]
+
+
+def encode_detections(
+    header: FrameHeader, boxes: np.ndarray, image: np.ndarray, *, model_name: str = "", model_sha256: str = ""
+) -> list[Any]:
+    """``image`` is the received frame (a view on the zmq buffer), forwarded without a copy."""
+    boxes = np.ascontiguousarray(boxes, dtype=np.float32).reshape(-1, DETECTION_COLUMNS)
+    detections = DetectionsHeader(frame=header, count=len(boxes), model_name=model_name, model_sha256=model_sha256)
+    parts: list[Any] = [_dump(detections), boxes]
+    if len(boxes):
+        parts.append(image)
+    return parts
+
+
+def encode_control(header: EosHeader | StopHeader | EventHeader) -> list[Any]:
+    return [_dump(header)]
+
+
+def decode(parts: list[Any]) -> Message:
+    """Parse a received multipart message (bytes or zmq frames); raise MalformedMessage."""
+    if not parts:
+        raise MalformedMessage("empty message")
+    try:
+        header = _HEADER.validate_json(_header_bytes(parts[0]))
+    except ValidationError as exc:
+        raise MalformedMessage(f"bad header: {exc.errors()[0]['msg']} at {exc.errors()[0]['loc']}") from None
+    if isinstance(header, FrameHeader):
+        _expect_parts(parts, 2, header.type)
+        return Frame(header, _array(parts[1], header.shape, np.uint8))
+    if isinstance(header, DetectionsHeader):
+        _expect_parts(parts, 3 if header.count else 2, header.type)
+        boxes = _array(parts[1], (header.count, DETECTION_COLUMNS), np.float32)
+        image = _array(parts[2], header.frame.shape, np.uint8) if header.count else None
+        return Detections(header.frame, header.model_name, header.model_sha256, boxes, image)
+    _expect_parts(parts, 1, header.type)
+    return header
+
+
+def _dump(header: _Header) -> bytes:
+    return header.model_dump_json().encode()
+
+
+def _header_bytes(part: Any) -> bytes:
+    """Headers are small: copying them is cheaper than anything clever (pydantic wants bytes)."""
+    return part.bytes if hasattr(part, "bytes") else bytes(part)
+
+
+def _buffer(part: Any) -> memoryview | bytes:
+    return part.buffer if hasattr(part, "buffer") else part
+
+
+def _expect_parts(parts: list[Any], count: int, kind: str) -> None:
+    if len(parts) != count:
+        raise MalformedMessage(f"{kind} message has {len(parts)} parts, expected {count}")
+
+
+def _array(part: Any, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """A read-only view on the received buffer: no copy of the pixels."""
+    buffer = _buffer(part)
+    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if len(buffer) != expected:
+        raise MalformedMessage(f"payload of {len(buffer)} bytes, expected {expected} for {shape} {np.dtype(dtype)}")
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)

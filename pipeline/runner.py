@@ -1,0 +1,294 @@
+"""The supervisor: starts the stage processes and capture threads, and stops them without loss.
+
+``run`` analyses the configured cameras until SIGTERM/SIGINT (or until every file camera has
+ended); ``replay_files`` pushes video files through the same pipeline, lossless and as fast as
+it goes. Shutdown is in-band: capture stops and sends EOS, then STOP follows the frames still
+in flight, so inference drains them and incidents closes every open incident and flushes SQL
+before the processes exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from pipeline.capture import CaptureThread, SourceSpec
+from pipeline.config import Settings
+from pipeline.incidents import incidents_main
+from pipeline.inference import inference_main
+from pipeline.messages import EventHeader, StopHeader, encode_control
+from pipeline.transport import Endpoints, Receiver, make_endpoints, pull_socket, push_socket, send
+
+log = logging.getLogger(__name__)
+STAGES = {"incidents": incidents_main, "inference": inference_main}
+"""Started in this order: each stage binds its input before its upstream starts sending."""
+READY_TIMEOUT_S = 120.0
+STOP_GRACE_S = 30.0
+"""Beyond the database flush timeout, how long the stages get to drain after STOP."""
+POLL_MS = 100
+_run_counter = 0
+
+
+class PipelineError(RuntimeError):
+    """A stage failed to start or died; the message says which and why."""
+
+
+@dataclass
+class SourceResult:
+    """What happened to one source (a replayed file or a camera)."""
+
+    camera: str
+    path: str
+    frames: int = 0
+    """Frames analysed by the detector."""
+    incidents: int = 0
+    expected: int | None = None
+    error: str | None = None
+    elapsed_s: float = 0.0
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+@dataclass
+class ReplayReport:
+    files: list[SourceResult]
+    elapsed_s: float
+    interrupted: bool = False
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Final counters of each stage (its ``done`` event), e.g. dropped frames, db retries."""
+
+    @property
+    def frames(self) -> int:
+        return sum(f.frames for f in self.files)
+
+    @property
+    def incidents(self) -> int:
+        return sum(f.incidents for f in self.files)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(f.error is None for f in self.files) and not any("error" in s for s in self.stages.values())
+
+
+ProgressCallback = Callable[["Supervisor"], None]
+
+
+class Supervisor:
+    """Owns one pipeline run: stage processes, capture threads and the events channel."""
+
+    def __init__(self, settings: Settings, specs: list[SourceSpec], stop: threading.Event | None = None) -> None:
+        global _run_counter
+        _run_counter += 1
+        self.settings = settings
+        self.specs = specs
+        self.stop = stop or threading.Event()
+        self.endpoints: Endpoints = make_endpoints(settings, f"sw{os.getpid()}-{_run_counter}")
+        self.results = {spec.camera: SourceResult(spec.camera, str(spec.source)) for spec in specs}
+        self.stages: dict[str, dict[str, Any]] = {}
+        self._ready: set[str] = set()
+        self._done: set[str] = set()
+        self._processes: dict[str, multiprocessing.process.BaseProcess] = {}
+        self._captures: list[CaptureThread] = []
+        self._capture_stop = threading.Event()
+        self._started = 0.0
+
+    def run(self, on_progress: ProgressCallback | None = None) -> ReplayReport:
+        """Start, analyse until the sources end or ``stop`` is set, drain, and report."""
+        ctx = zmq.Context()
+        events = Receiver(pull_socket(ctx, self.endpoints.events, 1000), self.settings.logging.rate_limit_s, "supervisor")
+        self._started = time.monotonic()
+        try:
+            self._start_stages(events)
+            self._start_captures(ctx)
+            self._watch(events, on_progress)
+            self._shutdown(ctx, events, on_progress)
+        except KeyboardInterrupt:
+            self.stop.set()
+            self._shutdown(ctx, events, on_progress)
+        finally:
+            self._kill_leftovers()
+            ctx.destroy(linger=0)
+            self.endpoints.remove_files()
+        return ReplayReport(
+            files=list(self.results.values()),
+            elapsed_s=time.monotonic() - self._started,
+            interrupted=self.stop.is_set(),
+            stages=self.stages,
+        )
+
+    @property
+    def captures(self) -> list[CaptureThread]:
+        return self._captures
+
+    def _start_stages(self, events: Receiver) -> None:
+        spawn = multiprocessing.get_context("spawn")
+        for name, target in STAGES.items():
+            process = spawn.Process(
+                target=target, args=(self.settings, self.endpoints, os.getpid()), name=f"scratchwatch-{name}"
+            )
+            process.start()
+            self._processes[name] = process
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while self._ready != set(STAGES):
+            if time.monotonic() > deadline:
+                raise PipelineError(f"stages {sorted(set(STAGES) - self._ready)} not ready after {READY_TIMEOUT_S:.0f}s")
+            self._poll(events)
+            self._check_alive()
+
+    def _start_captures(self, ctx: zmq.Context) -> None:
+        for spec in self.specs:
+            thread = CaptureThread(
+                spec, ctx, self.endpoints.frames, self.settings.transport.hwm, self.settings.capture, self._capture_stop
+            )
+            self._captures.append(thread)
+            thread.start()
+
+    def _watch(self, events: Receiver, on_progress: ProgressCallback | None) -> None:
+        """Until every source ended or a stop is requested; a dead stage is an error."""
+        while not self.stop.is_set() and not all(c.stats.finished for c in self._captures):
+            self._poll(events)
+            self._check_alive()
+            self._collect_capture_stats()
+            if on_progress:
+                on_progress(self)
+
+    def _shutdown(self, ctx: zmq.Context, events: Receiver, on_progress: ProgressCallback | None) -> None:
+        """Stop capture, send STOP behind the frames in flight, wait for both stages to finish."""
+        self._capture_stop.set()
+        join_s = self.settings.capture.open_timeout_s + 2
+        for thread in self._captures:
+            thread.join(join_s)
+        self._collect_capture_stats()
+        ended = tuple(c.spec.camera for c in self._captures if c.stats.finished)
+        if any(name not in self._processes or not self._processes[name].is_alive() for name in STAGES):
+            return
+        control = push_socket(ctx, self.endpoints.frames, 1)
+        send(control, encode_control(StopHeader(sources=ended)))
+        control.close()
+        deadline = time.monotonic() + self.settings.database.flush_timeout_s + STOP_GRACE_S
+        while self._done != set(STAGES) and time.monotonic() < deadline:
+            self._poll(events)
+            if on_progress:
+                on_progress(self)
+            if any(not p.is_alive() and p.exitcode not in (0, None) for p in self._processes.values()):
+                self._poll(events)  # collect the error event
+                break
+        for process in self._processes.values():
+            process.join(max(0.0, deadline - time.monotonic()))
+
+    def _poll(self, events: Receiver) -> None:
+        message = events.recv(POLL_MS)
+        while message is not None:
+            if isinstance(message, EventHeader):
+                self._on_event(message)
+            message = events.recv(0)
+
+    def _on_event(self, event: EventHeader) -> None:
+        if event.event == "ready":
+            self._ready.add(event.stage)
+            self.stages[event.stage] = dict(event.data)
+        elif event.event == "progress" and event.stage == "incidents":
+            self._on_counts(event.data)
+        elif event.event == "done":
+            self._done.add(event.stage)
+            self.stages.setdefault(event.stage, {}).update(event.data)
+            if event.stage == "incidents":
+                self._on_counts(event.data)
+        elif event.event == "error":
+            self._done.add(event.stage)
+            self.stages.setdefault(event.stage, {})["error"] = event.data.get("message", "unknown error")
+            log.error("%s stage failed: %s", event.stage, self.stages[event.stage]["error"])
+
+    def _on_counts(self, data: dict[str, Any]) -> None:
+        """The incidents stage sees every analysed frame: its counters are the pipeline's."""
+        elapsed = time.monotonic() - self._started
+        for camera, count in data.get("frames", {}).items():
+            result = self.results.get(camera)
+            if result is not None and count != result.frames:
+                result.frames, result.elapsed_s = count, elapsed
+        for camera, count in data.get("incidents", {}).items():
+            if camera in self.results:
+                self.results[camera].incidents = count
+
+    def _collect_capture_stats(self) -> None:
+        for thread in self._captures:
+            result = self.results[thread.spec.camera]
+            result.expected = thread.stats.expected
+            result.error = thread.stats.error
+
+    def _check_alive(self) -> None:
+        """Stage supervision is a later issue: for now a dead stage ends the run with its reason."""
+        for name, process in self._processes.items():
+            if not process.is_alive() and name not in self._done:
+                reason = self.stages.get(name, {}).get("error") or f"exit code {process.exitcode}"
+                raise PipelineError(f"{name} stage stopped unexpectedly: {reason}")
+            if name in self.stages and "error" in self.stages[name]:
+                raise PipelineError(f"{name} stage failed: {self.stages[name]['error']}")
+
+    def _kill_leftovers(self) -> None:
+        self._capture_stop.set()
+        for name, process in self._processes.items():
+            if process.is_alive():
+                log.error("%s stage did not exit; terminating it", name)
+                process.kill()
+                process.join(5)
+
+
+def camera_specs(settings: Settings) -> list[SourceSpec]:
+    return [SourceSpec.from_camera(camera) for camera in settings.cameras if camera.enabled]
+
+
+def replay_specs(settings: Settings, files: list[Path], *, realtime: bool = False) -> list[SourceSpec]:
+    """Files as sources ``replay:<stem>`` (``-2``, ``-3``... when stems repeat)."""
+    specs: list[SourceSpec] = []
+    seen: dict[str, int] = {}
+    for path in files:
+        stem = Path(path).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        camera = f"replay:{stem}" if seen[stem] == 1 else f"replay:{stem}-{seen[stem]}"
+        specs.append(SourceSpec(camera=camera, source=str(Path(path).resolve()), fps=settings.replay.fps, realtime=realtime))
+    return specs
+
+
+def replay_files(
+    settings: Settings,
+    files: list[Path],
+    *,
+    realtime: bool = False,
+    progress: bool = True,
+    stop: threading.Event | None = None,
+) -> ReplayReport:
+    """Replay video files through the real pipeline; a failing file does not stop the others."""
+    supervisor = Supervisor(settings, replay_specs(settings, [Path(f) for f in files], realtime=realtime), stop)
+    if not progress:
+        return supervisor.run()
+    from pipeline.progress import ReplayProgress
+
+    with ReplayProgress() as display:
+        report = supervisor.run(display.update)
+        display.update(supervisor, force=True)
+    display.summary(report)
+    return report
+
+
+def run_cameras(settings: Settings, stop: threading.Event | None = None) -> ReplayReport:
+    """Analyse the configured cameras until ``stop`` is set or every (file) camera ended."""
+    specs = camera_specs(settings)
+    if not specs:
+        raise PipelineError("no enabled camera in the config: add one under `cameras`")
+    return Supervisor(settings, specs, stop).run()

@@ -1,0 +1,90 @@
+"""JPEG evidence of an incident: the annotated full frame and a full-resolution crop.
+
+Files are written atomically (temporary file in the same folder, then ``os.replace``) so a
+reader never sees half a JPEG, even if the daemon is killed while writing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.config import SnapshotsConfig
+
+BOX_COLOUR = (0, 255, 255)  # BGR yellow: visible on red scratches and on most car paints
+TEXT_COLOUR = (0, 0, 0)
+
+
+@dataclass(frozen=True)
+class SnapshotPaths:
+    frame: Path
+    crop: Path
+
+
+def snapshot_paths(root: Path, camera: str, when: datetime, uid: str) -> SnapshotPaths:
+    """``<root>/<camera>/<YYYY-MM-DD>/<uid>_{frame,crop}.jpg`` (camera made filename-safe)."""
+    folder = root / safe_name(camera) / when.strftime("%Y-%m-%d")
+    return SnapshotPaths(folder / f"{uid}_frame.jpg", folder / f"{uid}_crop.jpg")
+
+
+def write_snapshots(
+    image: np.ndarray, box: np.ndarray, label: str, paths: SnapshotPaths, config: SnapshotsConfig
+) -> SnapshotPaths:
+    """Write both JPEGs for one detection (``box`` is x1 y1 x2 y2 in frame pixels)."""
+    write_jpeg(paths.frame, annotate(image, box, label), config.jpeg_quality)
+    write_jpeg(paths.crop, crop(image, box, config.margin), config.jpeg_quality)
+    return paths
+
+
+def annotate(image: np.ndarray, box: np.ndarray, label: str) -> np.ndarray:
+    """A copy of the frame with the box and ``label`` drawn (Hershey font: nothing to download)."""
+    out = np.array(image, copy=True)
+    x1, y1, x2, y2 = (int(round(v)) for v in box[:4])
+    thickness = max(1, round(max(out.shape[:2]) / 400))
+    cv2.rectangle(out, (x1, y1), (x2, y2), BOX_COLOUR, thickness)
+    scale = 0.4 * thickness
+    (tw, th), baseline = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    ty = y1 - 2 if y1 - th - baseline - 2 >= 0 else y2 + th + baseline + 2
+    cv2.rectangle(out, (x1, ty - th - baseline), (x1 + tw + 2, ty + baseline // 2), BOX_COLOUR, -1)
+    cv2.putText(out, label, (x1 + 1, ty - baseline // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, TEXT_COLOUR, thickness, cv2.LINE_AA)
+    return out
+
+
+def crop(image: np.ndarray, box: np.ndarray, margin: float) -> np.ndarray:
+    """The box plus ``margin`` x its size on each side, clipped to the frame, at full resolution."""
+    height, width = image.shape[:2]
+    x1, y1, x2, y2 = (float(v) for v in box[:4])
+    mx, my = (x2 - x1) * margin, (y2 - y1) * margin
+    left, top = max(0, int(x1 - mx)), max(0, int(y1 - my))
+    right, bottom = min(width, int(np.ceil(x2 + mx))), min(height, int(np.ceil(y2 + my)))
+    if right <= left or bottom <= top:  # degenerate box: keep at least one pixel
+        right, bottom = min(width, left + 1), min(height, top + 1)
+    return image[top:bottom, left:right]
+
+
+def write_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
+    """Encode, then write to a temporary file beside ``path`` and rename it into place."""
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError(f"snapshot {path}: JPEG encoding failed")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.tobytes())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def safe_name(name: str) -> str:
+    """A camera id as a single path component (``replay:clip`` -> ``replay_clip``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".") or "_"

@@ -1,0 +1,79 @@
+"""What every stage process shares: logging, signals, the events channel, parent watch.
+
+Stages run in spawned processes. They ignore SIGINT/SIGTERM on purpose: shutdown is the
+supervisor's job (it stops capture, then sends STOP in-band so frames in flight are drained);
+a stage exits on STOP, or on its own when the supervisor has died.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from pipeline.config import Settings
+from pipeline.logs import setup_logging
+from pipeline.messages import EventHeader, encode_control
+from pipeline.transport import Endpoints, push_socket, send
+
+log = logging.getLogger(__name__)
+EVENTS_HWM = 100
+FINAL_EVENT_TIMEOUT_MS = 5000
+
+
+class EventSender:
+    """Stage -> supervisor notices; progress never blocks a stage, final events wait a little."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, stage: str) -> None:
+        self.stage = stage
+        self.sock = push_socket(ctx, endpoint, EVENTS_HWM)
+        self.sock.setsockopt(zmq.SNDTIMEO, FINAL_EVENT_TIMEOUT_MS)
+
+    def emit(self, event: str, *, final: bool = False, **data: Any) -> None:
+        parts = encode_control(EventHeader(stage=self.stage, event=event, data=data))
+        try:
+            send(self.sock, parts, block=final)
+        except zmq.Again:
+            log.warning("%s: supervisor did not take the %s event", self.stage, event)
+
+
+@dataclass
+class StageContext:
+    settings: Settings
+    endpoints: Endpoints
+    ctx: zmq.Context
+    events: EventSender
+    parent_pid: int
+
+    def parent_alive(self) -> bool:
+        """A stage outliving a killed supervisor would hold sockets and the model forever."""
+        return os.getppid() == self.parent_pid
+
+
+StageBody = Callable[[StageContext], dict[str, Any]]
+
+
+def run_stage(name: str, settings: Settings, endpoints: Endpoints, parent_pid: int, body: StageBody) -> None:
+    """Process entry point: run ``body``, report ``done`` with its stats or ``error``, exit."""
+    setup_logging(settings.logging.level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ctx = zmq.Context()
+    events = EventSender(ctx, endpoints.events, name)
+    code = 0
+    try:
+        stats = body(StageContext(settings, endpoints, ctx, events, parent_pid))
+        events.emit("done", final=True, **stats)
+    except Exception as exc:
+        log.exception("%s stage failed", name)
+        events.emit("error", final=True, message=str(exc) or repr(exc))
+        code = 1
+    finally:
+        ctx.destroy(linger=FINAL_EVENT_TIMEOUT_MS)
+    sys.exit(code)
