@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Protocol
+from typing import Protocol, cast
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -82,6 +82,8 @@ class IncidentWriter:
         With a timeout, raises queue.Full instead of waiting longer, so a caller can log
         that the database is holding it up and then submit again.
         """
+        if not isinstance(record, IncidentRecord):
+            raise TypeError(f"expected IncidentRecord, got {type(record).__name__}")
         if self._closed:
             raise WriterClosedError(f"writer closed; incident {record.uid} not accepted")
         with self._state:
@@ -166,11 +168,11 @@ class IncidentWriter:
                 self._handle(item)
 
     def _handle(self, item: object) -> None:
-        assert isinstance(item, IncidentRecord)
+        record = cast(IncidentRecord, item)  # submit() let only records in
         if self._give_up.is_set():
-            self._keep_unsaved(item)
+            self._keep_unsaved(record)
         else:
-            self._save_with_retry(item)
+            self._save_with_retry(record)
 
     def _save_with_retry(self, record: IncidentRecord) -> None:
         delay = self._retry_initial_s
