@@ -179,4 +179,6 @@ def _array(part: Any, shape: tuple[int, ...], dtype: type) -> np.ndarray:
     expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
     if len(buffer) != expected:
         raise MalformedMessage(f"payload of {len(buffer)} bytes, expected {expected} for {shape} {np.dtype(dtype)}")
-    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+    array = np.frombuffer(buffer, dtype=dtype).reshape(shape)
+    array.flags.writeable = False  # shared with zmq (and forwarded as is): nobody draws on it
+    return array
