@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import re
 import threading
 import time
@@ -21,6 +20,7 @@ import cv2
 import numpy as np
 import zmq
 
+from pipeline.backoff import Backoff
 from pipeline.config import CameraConfig, CaptureConfig, is_live_source
 from pipeline.logs import RateLimitedLog
 from pipeline.messages import EosHeader, FrameHeader, SourceKind, encode_control, encode_frame, now_ns
@@ -64,23 +64,6 @@ class CaptureStats:
     state: str = "starting"
     error: str | None = None
     finished: bool = False
-
-
-class Backoff:
-    """Exponential reconnect delays, capped, each jittered by +/- ``jitter``."""
-
-    def __init__(self, initial_s: float, max_s: float, jitter: float, rng: random.Random | None = None) -> None:
-        self.initial_s, self.max_s, self.jitter = initial_s, max_s, jitter
-        self.attempt = 0
-        self._rng = rng or random.Random()
-
-    def next(self) -> float:
-        delay = min(self.max_s, self.initial_s * 2**self.attempt)
-        self.attempt += 1
-        return delay * (1 + self.jitter * self._rng.uniform(-1, 1))
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class CaptureThread(threading.Thread):

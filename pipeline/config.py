@@ -164,6 +164,12 @@ class DatabaseConfig(_Section):
         description="SQLAlchemy URL; null means SQLite at <data_dir>/scratchwatch.db. SCRATCHWATCH_DATABASE_URL overrides.",
     )
     max_queue: int = Field(default=1000, ge=1, title="Writer queue", description="Incident records buffered while the database is locked or down.")
+    connect_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        title="Connect timeout",
+        description="At start, how long to keep retrying a locked or unreachable database before failing.",
+    )
     flush_timeout_s: float = Field(
         default=30.0, gt=0, title="Flush timeout", description="How long a clean shutdown waits for queued records to be written."
     )

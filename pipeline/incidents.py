@@ -14,6 +14,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
+from pipeline.backoff import Backoff
 from pipeline.config import Settings
 from pipeline.messages import Detections, EosHeader, Message, StopHeader
 from pipeline.snapshots import snapshot_paths, write_snapshots
@@ -139,13 +140,31 @@ def incidents_main(settings: Settings, endpoints: Endpoints, parent_pid: int) ->
     run_stage("incidents", settings, endpoints, parent_pid, _serve)
 
 
+def connect_with_retry(url: str, timeout_s: float) -> Any:
+    """storage.db.connect, retried while the database is locked or down (logged once)."""
+    from storage.db import DatabaseUnavailableError, connect, masked
+    from storage.writer import is_transient
+
+    deadline = time.monotonic() + timeout_s
+    backoff = Backoff(0.5, 5.0, 0.2)
+    while True:
+        try:
+            return connect(url)
+        except Exception as exc:
+            retry = isinstance(exc, DatabaseUnavailableError) or is_transient(exc)
+            if not retry or time.monotonic() > deadline:
+                raise
+            if backoff.attempt == 0:
+                log.warning("database %s unavailable, retrying for up to %.0fs: %s", masked(url), timeout_s, exc)
+            time.sleep(backoff.next())
+
+
 def _serve(stage: StageContext) -> dict[str, Any]:
-    from storage.db import connect
     from storage.repository import IncidentRepository
     from storage.writer import IncidentWriter
 
     settings = stage.settings
-    engine = connect(settings.database_url)
+    engine = connect_with_retry(settings.database_url, settings.database.connect_timeout_s)
     writer = IncidentWriter(IncidentRepository(engine), max_queue=settings.database.max_queue)
     receiver = Receiver(pull_socket(stage.ctx, stage.endpoints.detections, settings.transport.hwm), settings.logging.rate_limit_s, "incidents")
     worker = IncidentsStage(settings, writer, stage.events)
