@@ -38,6 +38,8 @@ class IncidentsStage:
         self.frames: Counter[str] = Counter()
         self.opened: Counter[str] = Counter()
         self.snapshot_errors = 0
+        self.first_frame_ns: int | None = None
+        self.last_frame_ns: int | None = None
         self._last_progress = 0.0
 
     def handle(self, message: Message) -> bool:
@@ -60,11 +62,19 @@ class IncidentsStage:
             self.events.emit("progress", **self.counts())
 
     def counts(self) -> dict[str, Any]:
-        return {"frames": dict(self.frames), "incidents": dict(self.opened), "snapshot_errors": self.snapshot_errors}
+        return {
+            "frames": dict(self.frames),
+            "incidents": dict(self.opened),
+            "snapshot_errors": self.snapshot_errors,
+            "first_frame_ns": self.first_frame_ns,
+            "last_frame_ns": self.last_frame_ns,
+        }
 
     def _detections(self, message: Detections) -> None:
         camera = message.header.camera
         self.frames[camera] += 1
+        self.last_frame_ns = time.time_ns()  # steady-state throughput, without process start-up
+        self.first_frame_ns = self.first_frame_ns or self.last_frame_ns
         tracker = self.trackers.setdefault(camera, CameraTracker(self.settings.tracker))
         update = tracker.update(message.boxes, message.header, message.image)
         for track in update.opened:

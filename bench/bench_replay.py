@@ -1,0 +1,173 @@
+"""Pipeline throughput against the bare model, and capture-to-row latency.
+
+    .venv/bin/python bench/bench_replay.py throughput [--clip CLIP] [--model ONNX] [--threads N]
+    .venv/bin/python bench/bench_replay.py latency [--seconds 30]
+
+``throughput`` replays a clip through the real pipeline (spawned stages, ZeroMQ, SQL) with
+every frame analysed, then, in the same run, times ONNX Runtime alone on the same frames,
+already preprocessed, at batch 1 and at the pipeline's batch size. It prints JSON with
+``end_to_end_fps``, ``raw_model_fps`` and their ``ratio`` (target >= 0.85 at imgsz 320).
+
+``latency`` runs a generated clip in real time as a camera would deliver it, with the synthetic
+red-mark model from the tests so incidents happen, and reports the p50/p95/max of
+``recorded_at - captured_at`` over the incident rows (target p95 <= 250 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `tests.pipeline.synthetic` for the latency probe
+
+from pipeline.config import Settings, load_settings  # noqa: E402
+from pipeline.detector import Detector  # noqa: E402
+from pipeline.runner import ReplayReport, Supervisor, replay_files  # noqa: E402
+from pipeline.capture import SourceSpec  # noqa: E402
+
+DEFAULT_CLIP = REPO.parent / "shared/videos/udacity_lanelines_solidWhiteRight.mp4"
+DEFAULT_MODEL = REPO / "models/scratchwatch-yolov5n-320.onnx"
+
+
+def bench_settings(data_dir: Path, model: Path, threads: int | None, max_batch: int, **detector: Any) -> Settings:
+    base = load_settings(REPO / "config.yaml")
+    return base.model_copy(
+        update={
+            "data_dir": data_dir,
+            "cameras": [],
+            "detector": base.detector.model_copy(
+                update={"model": model, "provider": "cpu", "threads": threads, "max_batch": max_batch, **detector}
+            ),
+            "database": base.database.model_copy(update={"url": None}),
+            "replay": base.replay.model_copy(update={"fps": None}),
+        }
+    )
+
+
+def steady_fps(report: ReplayReport) -> float:
+    """Frames per second between the first and the last analysed frame (no process start-up)."""
+    stats = report.stages["incidents"]
+    span_s = (stats["last_frame_ns"] - stats["first_frame_ns"]) / 1e9
+    return (report.frames - 1) / span_s if span_s > 0 else 0.0
+
+
+def decode_frames(clip: Path, limit: int) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(clip))
+    frames = []
+    while len(frames) < limit:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return frames
+
+
+def raw_fps(detector: Detector, frames: list[np.ndarray], batch: int, repeats: int) -> float:
+    """ONNX Runtime alone: frames preprocessed beforehand, only session runs are timed."""
+    batches = [detector.preprocess(frames[i : i + batch])[0] for i in range(0, len(frames), batch)]
+    detector.run(batches[0])  # warm-up
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for chunk in batches:
+            detector.run(chunk)
+        best = max(best, len(frames) / (time.perf_counter() - start))
+    return best
+
+
+def throughput(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.model.is_file():
+        sys.exit(f"model {args.model} not found: train/export it (scratchwatch export) or pass --model")
+    if not args.clip.is_file():
+        sys.exit(f"clip {args.clip} not found (../shared/videos is not part of the repository): pass --clip")
+    with tempfile.TemporaryDirectory(prefix="scratchwatch-bench-") as tmp:
+        settings = bench_settings(Path(tmp), args.model, args.threads, args.max_batch)
+        report = replay_files(settings, [args.clip], progress=False)
+    if not report.ok:
+        sys.exit(f"replay failed: {report}")
+    detector = Detector(args.model, provider="cpu", threads=args.threads)
+    frames = decode_frames(args.clip, report.frames)
+    raw1 = raw_fps(detector, frames, 1, args.repeats)
+    raw_batch = raw_fps(detector, frames, args.max_batch, args.repeats) if args.max_batch > 1 else raw1
+    e2e = steady_fps(report)
+    return {
+        "clip": str(args.clip),
+        "model": str(args.model),
+        "imgsz": list(detector.imgsz),
+        "frames": report.frames,
+        "frame_shape": list(frames[0].shape),
+        "ort_threads": args.threads,
+        "max_batch": args.max_batch,
+        "cpu_count": os.cpu_count(),
+        "end_to_end_fps": round(e2e, 1),
+        "end_to_end_fps_with_startup": round(report.fps, 1),
+        "raw_model_fps": round(raw1, 1),
+        f"raw_model_fps_batch{args.max_batch}": round(raw_batch, 1),
+        "ratio": round(e2e / raw1, 3),
+        "inference_batches": report.stages["inference"]["batches"],
+        "incidents": report.incidents,
+    }
+
+
+def latency(args: argparse.Namespace) -> dict[str, Any]:
+    from storage.db import connect
+    from storage.repository import IncidentRepository
+    from tests.pipeline.synthetic import Mark, build_red_model, write_clip
+
+    fps, period = 25, 16  # a mark visible 8 frames, then 8 frames without: one incident per period
+    count = int(args.seconds * fps / period)
+    marks = [Mark(i * period, i * period + 8, (100 + 37 * (i % 20), 300 + 11 * (i % 7), 40, 14)) for i in range(count)]
+    with tempfile.TemporaryDirectory(prefix="scratchwatch-latency-") as tmp:
+        root = Path(tmp)
+        clip = write_clip(root / "lot.mp4", count * period + 10, marks, fps=fps, size=(1280, 720))
+        model = build_red_model(root / "red.onnx", imgsz=320)
+        settings = bench_settings(root / "data", model, args.threads, 4)
+        settings = settings.model_copy(update={"tracker": settings.tracker.model_copy(update={"min_hits": 3, "max_missed": 5})})
+        spec = SourceSpec(camera="lot", source=str(clip), fps=None, realtime=True)  # a camera: real time, every frame
+        report = Supervisor(settings, [spec]).run()
+        engine = connect(settings.database_url)
+        rows = IncidentRepository(engine).list()
+        engine.dispose()
+    lat_ms = np.array([(r.recorded_at - r.captured_at).total_seconds() * 1000 for r in rows])
+    return {
+        "clip": f"generated 1280x720 @ {fps} fps, real time, every frame analysed",
+        "model": "synthetic red-mark ONNX model (tests/pipeline/synthetic.py), imgsz 320",
+        "incidents": len(rows),
+        "expected_incidents": count,
+        "frames": report.frames,
+        "latency_ms_p50": round(float(np.percentile(lat_ms, 50)), 1),
+        "latency_ms_p95": round(float(np.percentile(lat_ms, 95)), 1),
+        "latency_ms_max": round(float(lat_ms.max()), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="mode", required=True)
+    t = sub.add_parser("throughput", help="end-to-end frames/s vs raw ONNX Runtime frames/s")
+    t.add_argument("--clip", type=Path, default=DEFAULT_CLIP)
+    t.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="ONNX model (its imgsz is read from the file)")
+    t.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own choice)")
+    t.add_argument("--max-batch", type=int, default=4)
+    t.add_argument("--repeats", type=int, default=3, help="raw timing: best of N passes")
+    l = sub.add_parser("latency", help="p95 capture -> incident row latency in real time")
+    l.add_argument("--seconds", type=float, default=30.0)
+    l.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    result = throughput(args) if args.mode == "throughput" else latency(args)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Capture threads: media-time sampling, lossless files, dropping live sources, reconnects."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from pipeline.backoff import Backoff
+from pipeline.capture import CaptureThread, SourceSpec, redact
+from pipeline.config import CaptureConfig
+from pipeline.messages import EosHeader, Frame, decode
+from pipeline.runner import Supervisor
+from pipeline.transport import pull_socket
+
+UNREACHABLE = "rtsp://127.0.0.1:9/nothing-listens-here"
+
+
+def read_all(sock: zmq.Socket, timeout_s: float = 30) -> list:
+    out: list = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if sock.poll(100):
+            out.append(decode(sock.recv_multipart(copy=False)))
+            if isinstance(out[-1], EosHeader):
+                return out
+    raise AssertionError("no EOS")
+
+
+def test_file_is_sampled_by_media_time_losslessly_and_ends_with_eos(tmp_path: Path, two_mark_clip: Path) -> None:
+    ctx = zmq.Context()
+    try:
+        sock = pull_socket(ctx, f"ipc://{tmp_path}/f.sock", hwm=1)  # tiny HWM: capture must block, not drop
+        stop = threading.Event()
+        spec = SourceSpec(camera="lot", source=str(two_mark_clip), fps=4.0)
+        thread = CaptureThread(spec, ctx, f"ipc://{tmp_path}/f.sock", 1, CaptureConfig(), stop)
+        thread.start()
+        time.sleep(0.3)  # let the HWM fill
+        messages = read_all(sock)
+        thread.join(5)
+    finally:
+        ctx.destroy(linger=0)
+    frames = [m for m in messages if isinstance(m, Frame)]
+    # 10 fps source, 4 fps target: the first frame of each 0.25 s slot
+    assert [f.header.media_time_s for f in frames[:5]] == pytest.approx([0.0, 0.3, 0.5, 0.8, 1.0])
+    assert len(frames) == 24 == thread.stats.expected and thread.stats.dropped == 0
+    assert [f.header.seq for f in frames] == list(range(24))
+    assert {(f.header.camera, f.header.kind, f.header.shape) for f in frames} == {("lot", "replay", (240, 320, 3))}
+    assert messages[-1] == EosHeader(camera="lot", kind="replay", source=str(two_mark_clip))
+
+
+def test_live_send_never_blocks_and_counts_drops(tmp_path: Path) -> None:
+    """Nobody reads the socket: after the HWM (and OS buffers) fill, frames are dropped at once."""
+    ctx = zmq.Context()
+    try:
+        endpoint = f"ipc://{tmp_path}/l.sock"
+        pull_socket(ctx, endpoint, hwm=1)
+        thread = CaptureThread(SourceSpec(camera="cam", source=UNREACHABLE), ctx, endpoint, 1, CaptureConfig(), threading.Event())
+        sock = ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.SNDHWM, 1)
+        sock.connect(endpoint)
+        image = np.zeros((480, 640, 3), np.uint8)
+        sent = [thread.send_live(sock, image) for _ in range(60)]
+    finally:
+        ctx.destroy(linger=0)
+    assert sent[0] is True
+    assert sent[-10:] == [False] * 10
+    assert thread.stats.dropped == sent.count(False) > 40
+
+
+def test_backoff_grows_to_its_bound_with_jitter() -> None:
+    backoff = Backoff(1.0, 30.0, 0.2, rng=random.Random(1))
+    delays = [backoff.next() for _ in range(10)]
+    for attempt, delay in enumerate(delays):
+        nominal = min(30.0, 2**attempt)
+        assert 0.8 * nominal <= delay <= 1.2 * nominal
+    assert len({round(d, 6) for d in delays[-4:]}) == 4  # jittered, not lockstep
+    backoff.reset()
+    assert backoff.next() <= 1.2
+
+
+def test_redact_masks_url_passwords() -> None:
+    assert redact("rtsp://admin:s3cret@10.0.0.5:554/live") == "rtsp://admin:***@10.0.0.5:554/live"
+    assert redact("rtsp://10.0.0.5/live") == "rtsp://10.0.0.5/live"
+    assert redact(0) == "0"
+
+
+def test_unreachable_live_camera_does_not_affect_a_file_camera(make_settings, two_mark_clip: Path) -> None:
+    settings = make_settings(capture={"reconnect_initial_s": 0.1, "reconnect_max_s": 0.4, "open_timeout_s": 2})
+    specs = [SourceSpec(camera="gate", source=UNREACHABLE, fps=5), SourceSpec(camera="lot", source=str(two_mark_clip))]
+    supervisor = Supervisor(settings, specs)
+
+    def stop_when_file_done(sup: Supervisor) -> None:
+        file_capture = next(c for c in sup.captures if c.spec.camera == "lot")
+        if file_capture.stats.finished and sup.results["lot"].frames == 60:
+            sup.stop.set()
+
+    report = supervisor.run(stop_when_file_done)
+    gate, lot = report.files
+    assert (lot.frames, lot.incidents, lot.error) == (60, 2, None)
+    assert (gate.frames, gate.error) == (0, None)
+    live = next(c for c in supervisor.captures if c.spec.camera == "gate")
+    assert live.stats.state == "unreachable" and live.stats.finished
+    assert report.ok and report.interrupted
