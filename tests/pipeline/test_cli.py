@@ -1,0 +1,110 @@
+"""The scratchwatch command as an operator uses it: run until SIGTERM, then query incidents."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.cli import main
+from storage.db import connect
+from storage.repository import IncidentRepository
+
+
+def scratchwatch(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.fixture
+def ran(make_settings, two_mark_clip: Path, tmp_path: Path) -> Path:
+    """`scratchwatch run` with a file camera and an unreachable live one, stopped by SIGTERM."""
+    settings = make_settings(
+        cameras=[
+            {"id": "lot", "source": str(two_mark_clip), "fps": None, "realtime": False},
+            {"id": "gate", "source": "rtsp://127.0.0.1:9/none", "fps": 5},
+        ],
+        capture={"reconnect_initial_s": 0.2, "open_timeout_s": 2},
+    )
+    proc = scratchwatch("--config", "config.yaml", "run", cwd=tmp_path)
+    deadline = time.monotonic() + 90
+    while _closed_rows(settings.database_url) < 2:  # the live camera keeps `run` going
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "camera gate (rtsp://127.0.0.1:9/none): unreachable" in err
+    assert "camera lot: 60 frames analysed, 2 incidents" in err
+    return tmp_path
+
+
+def _closed_rows(url: str) -> int:
+    try:
+        engine = connect(url)
+    except Exception:
+        return 0
+    try:
+        return sum(r.closed_at is not None for r in IncidentRepository(engine).list())
+    except Exception:
+        return 0
+    finally:
+        engine.dispose()
+
+
+def test_incidents_list_formats_and_filters(ran: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ran)
+    assert main(["incidents", "list", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["camera_id"] for r in rows] == ["lot", "lot"]
+    assert rows[0]["opened_at"] > rows[1]["opened_at"]  # newest first
+    assert all(r["kind"] == "replay" and r["closed_at"] for r in rows)
+
+    assert main(["incidents", "list", "--format", "csv", "--limit", "1"]) == 0
+    assert len(list(csv.DictReader(io.StringIO(capsys.readouterr().out)))) == 1
+
+    assert main(["incidents", "list", "--camera", "gate"]) == 0
+    assert capsys.readouterr().out.strip() == "no incidents"
+    assert main(["incidents", "list", "--since", "2999-01-01T00:00"]) == 0
+    assert capsys.readouterr().out.strip() == "no incidents"
+
+    assert main(["incidents", "show", str(rows[0]["id"])]) == 0
+    assert rows[0]["uid"] in capsys.readouterr().out
+    assert main(["incidents", "show", "9999"]) == 1
+    assert "no incident with id 9999" in capsys.readouterr().err
+
+
+def test_bad_config_exits_2_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"cameras": [{"id": "a", "source": "x.mp4", "fps": 0}]}))
+    assert main(["--config", str(path), "run"]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "cameras.0.fps" in err
+
+
+def test_run_without_cameras_is_a_clear_error(make_settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_settings()
+    assert main(["--config", str(tmp_path / "config.yaml"), "run"]) == 1
+    assert "no enabled camera" in capsys.readouterr().err
+
+
+def test_missing_model_fails_the_replay_with_its_path(make_settings, two_mark_clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_settings(detector={"model": "models/absent.onnx"})
+    assert main(["--config", str(tmp_path / "config.yaml"), "replay", "--no-progress", str(two_mark_clip)]) == 1
+    assert f"detector model {tmp_path / 'models/absent.onnx'} not found" in capsys.readouterr().err
+
+
+def test_training_commands_are_registered() -> None:
+    from pipeline.cli import build_parser
+
+    [commands] = [a for a in build_parser()._actions if a.dest == "command"]
+    assert {"run", "replay", "incidents", "dataset", "train", "export", "evaluate"} <= set(commands.choices)
