@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 import pytest
 import zmq
@@ -36,8 +38,9 @@ def over_zmq(parts: list) -> list:
     ctx = zmq.Context.instance()
     pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
     try:
-        pull.bind("inproc://messages-test")
-        push.connect("inproc://messages-test")
+        endpoint = f"inproc://messages-{uuid.uuid4().hex}"  # inproc names are released asynchronously
+        pull.bind(endpoint)
+        push.connect(endpoint)
         push.send_multipart(parts, copy=False)
         return pull.recv_multipart(copy=False)
     finally:
