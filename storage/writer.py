@@ -104,9 +104,12 @@ class IncidentWriter:
 
         On timeout the writer stops retrying and keeps what it could not save in
         `unsaved` (logged), so shutdown is bounded even while the database is down.
+        Without a timeout it waits as long as the database takes. Calling it again is harmless.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         self._closed = True
+        if not self._thread.is_alive():
+            return self._all_handled()
         try:
             self._queue.put(_STOP, timeout=_remaining(deadline))
         except queue.Full:
@@ -115,7 +118,7 @@ class IncidentWriter:
         if self._thread.is_alive():
             self._give_up.set()
             return False
-        return self.pending == 0 and not self.unsaved
+        return self._all_handled()
 
     def __enter__(self) -> IncidentWriter:
         return self
@@ -127,18 +130,22 @@ class IncidentWriter:
 
     @property
     def saved(self) -> int:
+        """Records written to the database."""
         return self._saved
 
     @property
     def failed(self) -> int:
+        """Records skipped because the database refused them for good (logged with their uid)."""
         return self._failed
 
     @property
     def retries(self) -> int:
+        """Save attempts repeated after a transient failure: a health signal for monitoring."""
         return self._retries
 
     @property
     def pending(self) -> int:
+        """Records accepted but not yet saved, skipped or given up on."""
         with self._state:
             return self._pending()
 
@@ -223,6 +230,10 @@ class IncidentWriter:
             self._failed += failed
             self._retries += retries
             self._state.notify_all()
+
+    def _all_handled(self) -> bool:
+        with self._state:
+            return self._pending() == 0 and not self._unsaved
 
     def _pending(self) -> int:
         return self._accepted - self._saved - self._failed - len(self._unsaved)

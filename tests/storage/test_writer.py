@@ -66,7 +66,7 @@ def test_full_queue_blocks_submit_until_the_database_is_back(sqlite_url: str, sq
         with pytest.raises(queue.Full):
             writer.submit(make_record(3), timeout=0.05)
         assert writer.pending == 3
-        blocked = threading.Thread(target=writer.submit, args=(make_record(3),))
+        blocked = threading.Thread(target=writer.submit, args=(make_record(3),), daemon=True)
         blocked.start()
     blocked.join(timeout=30)
     assert not blocked.is_alive()
@@ -173,3 +173,15 @@ def test_transient_errors_are_told_apart_from_bad_records() -> None:
     assert is_transient(locked) and is_transient(dropped)
     assert not is_transient(duplicate)
     assert not is_transient(ValueError("naive datetime"))
+
+
+def test_closing_again_returns_at_once(repo: IncidentRepository) -> None:
+    writer = IncidentWriter(repo, max_queue=1)
+    writer.submit(make_record(1))
+    assert writer.close(timeout=30)
+    results: list[bool] = []
+    again = threading.Thread(target=lambda: results.extend([writer.close(), writer.close()]), daemon=True)
+    again.start()
+    again.join(timeout=10)  # a second STOP would fill the queue and block a third close forever
+    assert results == [True, True]
+    assert repo.count() == 1
