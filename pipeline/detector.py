@@ -177,6 +177,8 @@ def _session(model_path: Path, provider: str, threads: int | None) -> ort.Infere
     options.inter_op_num_threads = 1
     if threads:
         options.intra_op_num_threads = threads
+    # Idle worker threads sleep instead of spinning: the cores are shared with capture decoding.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     available = set(ort.get_available_providers())
     if provider == "auto" and not _nvidia_driver_present():
         available -= set(GPU_PROVIDERS)  # spares onnxruntime-gpu's noisy failed attempt on CPU hosts
