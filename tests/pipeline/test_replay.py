@@ -173,8 +173,9 @@ def test_incidents_land_although_the_database_is_locked_for_a_while(make_setting
     assert all(r.closed_at is not None for r in rows)
 
 
-def test_two_files_replay_side_by_side_with_their_own_cameras(make_settings, two_mark_clip: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
+def test_two_files_replay_side_by_side_with_their_own_cameras(make_settings, two_mark_clip: Path, tmp_path: Path, transport: str) -> None:
     other = write_clip(tmp_path / "other.avi", 30, CLIP_MARKS[:1])
-    report = replay_files(make_settings(), [two_mark_clip, other], progress=False)
+    report = replay_files(make_settings(transport={"kind": transport}), [two_mark_clip, other], progress=False)
     assert report.ok
     assert {(f.camera, f.frames, f.incidents) for f in report.files} == {("replay:lot", 60, 2), ("replay:other", 30, 1)}
