@@ -244,7 +244,7 @@ class Supervisor:
         self._capture_stop.set()
         for name, process in self._processes.items():
             if process.is_alive():
-                log.error("%s stage did not exit; terminating it", name)
+                log.warning("%s stage still running at exit; stopping it", name)
                 process.kill()
                 process.join(5)
 
