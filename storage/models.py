@@ -7,7 +7,8 @@ compares the two on SQLite and PostgreSQL.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from sqlalchemy import CheckConstraint, DateTime, Double, Dialect, ForeignKey, Index, MetaData, String
+from sqlalchemy import CheckConstraint, DateTime, Double, ForeignKey, Index, MetaData, String
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import make_url
@@ -17,8 +18,10 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from storage.db import connect
 from storage.repository import IncidentRepository
 from storage.writer import IncidentWriter, WriterClosedError, is_transient
-from tests.conftest import PostgresCluster
 from tests.storage.helpers import make_record, wait_until
+
+if TYPE_CHECKING:
+    from tests.conftest import PostgresCluster
 
 FAST_RETRY = {"retry_initial_s": 0.01, "retry_max_s": 0.05}
 
