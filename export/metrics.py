@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from export.boxes import box_iou, size_class
+from export.boxes import size_class
+from pipeline.geometry import box_iou
 
 IOU_THRESHOLDS = np.round(np.linspace(0.5, 0.95, 10), 2)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from export.boxes import box_iou
+from pipeline.geometry import box_iou
 from pipeline.config import TrackerConfig
 from pipeline.messages import FrameHeader
 
