@@ -7,6 +7,7 @@ compares the two on SQLite and PostgreSQL.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+
 from sqlalchemy import CheckConstraint, DateTime, Double, ForeignKey, Index, MetaData, String
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
