@@ -48,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the dataset the model was trained on")
     e.add_argument("--out", type=Path, default=DEFAULT_MODEL)
     e.add_argument("--imgsz", type=int, default=320)
+    e.add_argument("--threshold", type=float,
+                   help="operating threshold to embed (default: the F1-best one on the val split)")
     e.set_defaults(func=_cmd_export)
 
     v = subparsers.add_parser("evaluate", help="score an ONNX model through the pipeline's detector code")
@@ -109,7 +111,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     _require_train_extra()
     from export.onnx_export import export_model
 
-    result = export_model(args.checkpoint, args.data, args.out, args.imgsz)
+    result = export_model(args.checkpoint, args.data, args.out, args.imgsz, threshold=args.threshold)
     p, m = result["parity"], result["metrics"]
     print(
         f"wrote {result['model']}: test mAP@0.5 {m['mAP50']:.3f}, mAP@0.5:0.95 {m['mAP50-95']:.3f}, "

@@ -135,10 +135,13 @@ def parity(checkpoint: Path, model: Path, data: Path, split: str = "test") -> Pa
     )
 
 
-def export_model(checkpoint: Path, data: Path, out: Path, imgsz: int, threshold_split: str = "val") -> dict:
+def export_model(
+    checkpoint: Path, data: Path, out: Path, imgsz: int, threshold: float | None = None, threshold_split: str = "val"
+) -> dict:
     """Export, check parity on the test split, and embed provenance and metrics in the file.
 
-    The operating threshold is the F1-best one on ``threshold_split`` (val), never chosen on test.
+    The operating threshold, unless given, is the F1-best one on ``threshold_split`` (val), never
+    chosen on test.
     """
     from export.dataset import dataset_hash
     from export.evaluate import at_threshold, evaluate_model
@@ -150,8 +153,11 @@ def export_model(checkpoint: Path, data: Path, out: Path, imgsz: int, threshold_
         raise RuntimeError(f"ONNX parity failed for {out}: {report.as_dict()}")
     val_ev, _ = evaluate_model(out, data, threshold_split, provider="cpu", progress=False)
     test_ev, _ = evaluate_model(out, data, "test", provider="cpu", progress=False)
-    threshold = round(val_ev.best_threshold, 3)
-    metrics = {"split": "test", **test_ev.as_dict(), "shipped": at_threshold(test_ev, threshold)}
+    threshold = round(val_ev.best_threshold if threshold is None else threshold, 3)
+    metrics = {
+        "split": "test", **test_ev.as_dict(), "shipped": at_threshold(test_ev, threshold),
+        "val_f1_best_threshold": round(val_ev.best_threshold, 4),
+    }
     set_metadata(out, {
         "scratchwatch_data_hash": dataset_hash(data.parent if data.suffix in (".yaml", ".yml") else data),
         "scratchwatch_metrics": metrics,
