@@ -12,6 +12,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Connection, Engine, create_engine, event, func, inspect, make_url, select
 from sqlalchemy.exc import DBAPIError
 
@@ -63,8 +65,11 @@ def migrate(engine: Engine) -> None:
 
     A fresh database gets `create_all` (one step instead of replaying every revision),
     then is stamped so later revisions apply on top. Runs under a lock so two processes
-    starting together (daemon and CLI) do not both create the schema.
+    starting together (daemon and CLI) do not both create the schema. A database already
+    at head is only read: `incidents list` must not wait for the daemon's write lock.
     """
+    if _at_head(engine):
+        return
     with engine.connect() as conn:
         conn.execution_options(**{_SQLITE_BEGIN_OPTION: "IMMEDIATE"})
         with conn.begin():
@@ -143,6 +148,12 @@ def _check_reachable(engine: Engine) -> None:
             pass
     except DBAPIError as exc:
         raise DatabaseUnavailableError(f"cannot reach database {masked(engine.url)}: {exc.orig}") from exc
+
+
+def _at_head(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        current = set(MigrationContext.configure(conn).get_current_heads())
+    return current == set(ScriptDirectory.from_config(alembic_config()).get_heads())
 
 
 def _take_migration_lock(conn: Connection) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,20 @@ def test_sqlite_connection_settings(sqlite_url: str) -> None:
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     finally:
         engine.dispose()
+
+
+def test_reconnect_at_head_does_not_need_the_write_lock(sqlite_url: str) -> None:
+    """The CLI must open the database while the daemon holds SQLite's write lock."""
+    connect(sqlite_url).dispose()
+    holder = sqlite3.connect(make_url(sqlite_url).database, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        engine = connect(sqlite_url, sqlite_busy_timeout_ms=50)
+        assert _version(engine) == ["0001"]
+        engine.dispose()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
 
 
 def test_sqlite_enforces_foreign_keys(sqlite_url: str) -> None:
