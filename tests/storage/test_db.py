@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,29 @@ def test_fresh_database_is_created_and_stamped_then_reconnect_keeps_data(databas
         assert [r.uid for r in IncidentRepository(again).list()] == [make_record(1).uid]
     finally:
         again.dispose()
+
+
+def test_processes_starting_together_create_the_schema_once(database_url: str) -> None:
+    """Daemon and CLI may both meet a fresh database; the migration lock serialises them."""
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            connect(database_url).dispose()
+        except BaseException as exc:  # collected and asserted on below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, daemon=True) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    engine = connect(database_url)
+    assert _version(engine) == ["0001"]
+    engine.dispose()
 
 
 def test_sqlite_connection_settings(sqlite_url: str) -> None:
