@@ -13,7 +13,6 @@ from pipeline.config import Settings, load_settings
 from tests.pipeline.synthetic import Mark, build_red_model, write_clip
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_VIDEOS = REPO.parent / "shared" / "videos"
 
 # A 6 s clip at 10 fps: two scratches, apart in time and place.
 CLIP_FRAMES = 60
