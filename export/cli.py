@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--data", type=Path, default=DEFAULT_DATA / "data.yaml")
     t.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="yolov5n COCO checkpoint ('' for none)")
     t.add_argument("--run-dir", type=Path, default=DEFAULT_RUN, help="run folder; an unfinished run resumes")
-    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--init", type=Path, help="fine-tune this ultralytics checkpoint of ours instead of COCO")
+    t.add_argument("--epochs", type=int, default=60)
     t.add_argument("--imgsz", type=int, default=320)
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--device", default="auto", help="auto, cpu, 0 (first CUDA GPU)")
@@ -100,7 +101,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     weights = args.weights if str(args.weights) else None
     opts = TrainOptions(
         data=args.data, weights=weights, run_dir=args.run_dir, epochs=args.epochs, imgsz=args.imgsz,
-        batch=args.batch, device=args.device, workers=args.workers, patience=args.patience,
+        batch=args.batch, device=args.device, workers=args.workers, patience=args.patience, init=args.init,
     )
     summary = train(opts)
     print(f"training done: {summary['best']} ({summary['transfer']})")

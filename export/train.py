@@ -37,6 +37,7 @@ class TrainOptions:
     seed: int = 0
     patience: int = 15
     weights_sha256: str | None = YOLOV5N_COCO_SHA256
+    init: Path | None = None  # an ultralytics checkpoint of ours to fine-tune instead of COCO
     # ultralytics callbacks by event name (progress hooks, and tests that interrupt a run)
     callbacks: dict[str, Callable] = field(default_factory=dict)
 
@@ -120,7 +121,11 @@ def _with_callbacks(model, opts: TrainOptions):
 
 def _fresh_start(opts: TrainOptions) -> dict:
     opts.run_dir.mkdir(parents=True, exist_ok=True)
-    report = start_checkpoint(opts.weights, opts.run_dir / "start.pt", opts.weights_sha256)
+    if opts.init is not None:  # e.g. a higher-resolution fine-tune of an earlier run
+        shutil.copyfile(opts.init, opts.run_dir / "start.pt")
+        report = {"source": str(opts.init), "summary": f"fine-tuning {opts.init}"}
+    else:
+        report = start_checkpoint(opts.weights, opts.run_dir / "start.pt", opts.weights_sha256)
     (opts.run_dir / "transfer.json").write_text(json.dumps(report, indent=2))
     return report
 
