@@ -75,6 +75,8 @@ class CaptureThread(threading.Thread):
         super().__init__(name=f"capture-{spec.camera}", daemon=True)
         self.spec, self.ctx, self.endpoint, self.hwm, self.policy, self.stop = spec, ctx, endpoint, hwm, policy, stop
         self.stats = CaptureStats()
+        self.abort = threading.Event()
+        """Set when the pipeline downstream is gone: no EOS, no lingering on undeliverable frames."""
         self._drops = RateLimitedLog(log, 10.0)
 
     def run(self) -> None:
@@ -92,8 +94,9 @@ class CaptureThread(threading.Thread):
             self.stats.error = f"camera {self.spec.camera}: capture failed: {exc!r}"
             log.exception("camera %s: capture failed", self.spec.camera)
         finally:
-            self._send_eos(sock)
-            sock.close()
+            if not self.abort.is_set():
+                self._send_eos(sock)
+            sock.close(linger=0 if self.abort.is_set() else None)
             self.stats.finished = True
 
     def _run_file(self, sock: zmq.Socket) -> None:

@@ -8,14 +8,18 @@ database delays rows but never stalls the stream, and STOP flushes everything ac
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from pipeline.backoff import Backoff
 from pipeline.config import Settings
+from pipeline.logs import RateLimitedLog
 from pipeline.messages import Detections, EosHeader, Message, StopHeader
 from pipeline.snapshots import snapshot_paths, write_snapshots
 from pipeline.stage import EventSender, StageContext, run_stage
@@ -38,6 +42,7 @@ class IncidentsStage:
         self.frames: Counter[str] = Counter()
         self.opened: Counter[str] = Counter()
         self.snapshot_errors = 0
+        self.errors = 0
         self.first_frame_ns: int | None = None
         self.last_frame_ns: int | None = None
         self._last_progress = 0.0
@@ -66,6 +71,7 @@ class IncidentsStage:
             "frames": dict(self.frames),
             "incidents": dict(self.opened),
             "snapshot_errors": self.snapshot_errors,
+            "errors": self.errors,
             "first_frame_ns": self.first_frame_ns,
             "last_frame_ns": self.last_frame_ns,
         }
@@ -179,10 +185,11 @@ def _serve(stage: StageContext) -> dict[str, Any]:
     receiver = Receiver(pull_socket(stage.ctx, stage.endpoints.detections, settings.transport.hwm), settings.logging.rate_limit_s, "incidents")
     worker = IncidentsStage(settings, writer, stage.events)
     stage.events.emit("ready", final=True)
+    bad = RateLimitedLog(log, settings.logging.rate_limit_s)
     try:
         while True:
             message = receiver.recv(POLL_MS)
-            if message is not None and worker.handle(message):
+            if message is not None and handle_safely(worker, message, bad):
                 break
             if message is None and not stage.parent_alive():
                 log.warning("incidents: supervisor gone; closing open incidents and exiting")
@@ -193,5 +200,35 @@ def _serve(stage: StageContext) -> dict[str, Any]:
         engine.dispose()
     stats = {**worker.counts(), "saved": writer.saved, "db_retries": writer.retries, "unsaved": len(writer.unsaved), "malformed": receiver.malformed}
     if not flushed:
-        raise RuntimeError(f"{len(writer.unsaved)} incident(s) could not be written to the database before shutdown")
+        spool = dump_unsaved(writer.unsaved, settings.data_dir)
+        raise RuntimeError(
+            f"{len(writer.unsaved)} incident(s) could not be written to the database before shutdown; kept in {spool}"
+        )
     return stats
+
+
+def handle_safely(worker: IncidentsStage, message: Message, bad: RateLimitedLog) -> bool:
+    """One bad message (a NaN box, an impossible timestamp) costs that message, never the stage."""
+    try:
+        return worker.handle(message)
+    except Exception as exc:
+        worker.errors += 1
+        bad.warning("handle", "incidents: message skipped (%s): %s", type(message).__name__, exc)
+        return False
+
+
+def dump_unsaved(records: list[Any], data_dir: Path) -> Path:
+    """Records the database never took, as JSON lines, so shutdown during an outage loses nothing.
+
+    The on-disk spool with automatic replay is a later change; this keeps the data for it.
+    """
+    from storage.format import record_to_dict
+
+    folder = data_dir / "unsaved"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"incidents-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.jsonl"
+    with open(path, "a", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record_to_dict(record)) + "\n")
+    log.error("%d unsaved incident(s) written to %s", len(records), path)
+    return path

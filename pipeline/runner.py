@@ -21,7 +21,7 @@ from typing import Any
 
 import zmq
 
-from pipeline.capture import CaptureThread, SourceSpec
+from pipeline.capture import EOS_TIMEOUT_MS, CaptureThread, SourceSpec
 from pipeline.config import Settings
 from pipeline.incidents import incidents_main
 from pipeline.inference import inference_main
@@ -120,6 +120,9 @@ class Supervisor:
         except KeyboardInterrupt:
             self.stop.set()
             self._shutdown(ctx, events, on_progress)
+        except PipelineError:
+            self._rescue_incidents(ctx, events)
+            raise
         finally:
             self._kill_leftovers()
             ctx.destroy(linger=0)
@@ -176,6 +179,7 @@ class Supervisor:
         self._collect_capture_stats()
         ended = tuple(c.spec.camera for c in self._captures if c.stats.finished)
         if any(name not in self._processes or not self._processes[name].is_alive() for name in STAGES):
+            self._rescue_incidents(ctx, events)
             return
         control = push_socket(ctx, self.endpoints.frames, 1)
         send(control, encode_control(StopHeader(sources=ended)))
@@ -190,6 +194,20 @@ class Supervisor:
                 break
         for process in self._processes.values():
             process.join(max(0.0, deadline - time.monotonic()))
+
+    def _rescue_incidents(self, ctx: zmq.Context, events: Receiver) -> None:
+        """Inference died: STOP the incidents stage directly so it closes and flushes what it has."""
+        process = self._processes.get("incidents")
+        if process is None or not process.is_alive() or "incidents" in self._done:
+            return
+        log.warning("stopping the incidents stage directly so open incidents are closed and saved")
+        control = push_socket(ctx, self.endpoints.detections, 1)
+        send(control, encode_control(StopHeader()))
+        control.close()
+        deadline = time.monotonic() + self.settings.database.flush_timeout_s + STOP_GRACE_S
+        while "incidents" not in self._done and process.is_alive() and time.monotonic() < deadline:
+            self._poll(events)
+        process.join(max(0.0, deadline - time.monotonic()))
 
     def _poll(self, events: Receiver) -> None:
         message = events.recv(POLL_MS)
@@ -241,7 +259,12 @@ class Supervisor:
                 raise PipelineError(f"{name} stage failed: {self.stages[name]['error']}")
 
     def _kill_leftovers(self) -> None:
+        for thread in self._captures:
+            if thread.is_alive():  # only a failed run gets here with captures still going
+                thread.abort.set()
         self._capture_stop.set()
+        for thread in self._captures:  # their sockets die with the context: let them finish first
+            thread.join(EOS_TIMEOUT_MS / 1000 + 1)
         for name, process in self._processes.items():
             if process.is_alive():
                 log.warning("%s stage still running at exit; stopping it", name)

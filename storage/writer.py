@@ -21,6 +21,7 @@ from storage.repository import IncidentRecord
 log = logging.getLogger(__name__)
 
 _STOP = object()
+_GIVE_UP_DRAIN_S = 5.0
 
 
 class IncidentSink(Protocol):
@@ -117,6 +118,9 @@ class IncidentWriter:
         self._thread.join(_remaining(deadline))
         if self._thread.is_alive():
             self._give_up.set()
+            # the worker now only moves what is queued into `unsaved`: let it finish, so the
+            # caller reads the complete list
+            self._thread.join(_GIVE_UP_DRAIN_S)
             return False
         return self._all_handled()
 

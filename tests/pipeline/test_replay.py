@@ -179,3 +179,23 @@ def test_two_files_replay_side_by_side_with_their_own_cameras(make_settings, two
     report = replay_files(make_settings(transport={"kind": transport}), [two_mark_clip, other], progress=False)
     assert report.ok
     assert {(f.camera, f.frames, f.incidents) for f in report.files} == {("replay:lot", 60, 2), ("replay:other", 30, 1)}
+
+
+def test_inference_dying_mid_run_still_closes_and_saves_open_incidents(make_settings, two_mark_clip: Path) -> None:
+    """A crashed stage ends the run with its reason, but the incidents stage is stopped in-band
+    (not killed), so the incident already open is closed and saved."""
+    from pipeline.runner import PipelineError
+
+    settings = make_settings()
+    supervisor = Supervisor(settings, replay_specs(settings, [two_mark_clip], realtime=True))
+
+    def kill_inference_after_first_incident(sup: Supervisor) -> None:
+        if sup.results["replay:lot"].incidents >= 1 and sup._processes["inference"].is_alive():
+            sup._processes["inference"].kill()
+
+    with pytest.raises(PipelineError, match="inference stage"):
+        supervisor.run(on_progress=kill_inference_after_first_incident)
+    rows = stored(settings.database_url)
+    assert len(rows) == 1 and rows[0].first_media_time_s == 1.0
+    assert rows[0].closed_at is not None, "the open incident was closed by the in-band STOP"
+    assert rows[0].snapshot_path and Path(rows[0].snapshot_path).is_file()
