@@ -37,7 +37,8 @@ test: system-deps setup-dev
 	$(BIN)/python -m pytest -q
 
 bench: setup-dev
-	$(BIN)/python bench/bench_replay.py
+	$(BIN)/python bench/bench_replay.py throughput
+	$(BIN)/python bench/bench_replay.py latency
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

@@ -119,10 +119,11 @@ def write_report(report: EvalReport, out_dir: Path) -> None:
 
 def model_threshold(model: Path) -> float | None:
     """The operating threshold `scratchwatch export` embedded in the model, if any."""
-    import onnxruntime as ort
+    from export.onnx_export import read_metadata
+    from pipeline.detector import THRESHOLD_KEY
 
-    meta = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
-    return float(meta["scratchwatch_threshold"]) if "scratchwatch_threshold" in meta else None
+    meta = read_metadata(model)
+    return float(meta[THRESHOLD_KEY]) if THRESHOLD_KEY in meta else None
 
 
 def replay_clips(model: Path, threshold: float, clips: list[Path], work_dir: Path) -> dict[str, dict]:

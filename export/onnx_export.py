@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,24 +146,30 @@ def export_model(
     """
     from export.dataset import dataset_hash
     from export.evaluate import at_threshold, evaluate_model
+    from pipeline.detector import THRESHOLD_KEY
 
-    export_onnx(checkpoint, imgsz, out)
-    report = parity(checkpoint, out, data, "test")
+    # build next to `out` and replace it only once verified: a failed export never leaves an
+    # unchecked file where the shipped model was
+    staging = out.with_name(f".{out.stem}.staging.onnx")
+    export_onnx(checkpoint, imgsz, staging)
+    report = parity(checkpoint, staging, data, "test")
     log.info("parity: %s", report.as_dict())
     if not report.ok:
+        staging.unlink()
         raise RuntimeError(f"ONNX parity failed for {out}: {report.as_dict()}")
-    val_ev, _ = evaluate_model(out, data, threshold_split, provider="cpu", progress=False)
-    test_ev, _ = evaluate_model(out, data, "test", provider="cpu", progress=False)
+    val_ev, _ = evaluate_model(staging, data, threshold_split, provider="cpu", progress=False)
+    test_ev, _ = evaluate_model(staging, data, "test", provider="cpu", progress=False)
     threshold = round(val_ev.best_threshold if threshold is None else threshold, 3)
     metrics = {
         "split": "test", **test_ev.as_dict(), "shipped": at_threshold(test_ev, threshold),
         "val_f1_best_threshold": round(val_ev.best_threshold, 4),
     }
-    set_metadata(out, {
+    set_metadata(staging, {
         "scratchwatch_data_hash": dataset_hash(data.parent if data.suffix in (".yaml", ".yml") else data),
         "scratchwatch_metrics": metrics,
-        "scratchwatch_threshold": str(threshold),
+        THRESHOLD_KEY: str(threshold),
         "scratchwatch_parity": report.as_dict(),
         "scratchwatch_opset": str(OPSET),
     })
+    os.replace(staging, out)
     return {"model": str(out), "threshold": threshold, "metrics": metrics, "parity": report.as_dict()}

@@ -110,7 +110,7 @@ class CaptureThread(threading.Thread):
             decoded = self._pump_file(sock, cap, src_fps)
         finally:
             cap.release()
-        if decoded == 0:
+        if decoded == 0 and not self.stop.is_set():  # stopped before the first frame is not corrupt
             raise CaptureError(f"video file {path}: no frame could be decoded (corrupt or unsupported format)")
         if total and decoded < total * 0.9 and not self.stop.is_set():
             log.warning("video file %s: decoding stopped after %d of %d frames", path, decoded, total)

@@ -21,11 +21,24 @@ EXIT_USAGE = 2
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from storage.db import DatabaseUnavailableError  # light: SQLAlchemy only, no engine made
+
     try:
         return args.func(args)
     except ConfigError as exc:
         print(f"scratchwatch: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except DatabaseUnavailableError as exc:
+        print(f"scratchwatch: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: settings are validated by pydantic, but --fps bypasses it via model_copy."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="push video files through the pipeline, every incident with file and media time")
     replay.add_argument("files", nargs="+", type=Path, metavar="FILE")
     replay.add_argument("--realtime", action="store_true", help="pace each file at its own frame rate")
-    replay.add_argument("--fps", type=float, help="analysed frames per second of media time (default: replay.fps, null = every frame)")
+    replay.add_argument("--fps", type=_positive_float, help="analysed frames per second of media time (default: replay.fps, null = every frame)")
     replay.add_argument("--no-progress", action="store_true", help="no progress bars (logs and summary only)")
     replay.set_defaults(func=cmd_replay)
 

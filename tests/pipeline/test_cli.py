@@ -108,3 +108,18 @@ def test_training_commands_are_registered() -> None:
 
     [commands] = [a for a in build_parser()._actions if a.dest == "command"]
     assert {"run", "replay", "incidents", "dataset", "train", "export", "evaluate"} <= set(commands.choices)
+
+
+def test_replay_refuses_a_non_positive_fps(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["replay", "--fps", "-1", "clip.mp4"])
+    assert exc.value.code == 2
+    assert "--fps: must be a number > 0, got -1" in capsys.readouterr().err
+
+
+def test_incidents_list_names_an_unreachable_database(tmp_path: Path, monkeypatch, capsys) -> None:
+    url = f"postgresql+psycopg://nobody:secret@/nodb?host={tmp_path}/no-server"
+    monkeypatch.setenv("SCRATCHWATCH_DATABASE_URL", url)
+    assert main(["incidents", "list"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach database" in err and "nodb" in err and "secret" not in err
