@@ -105,8 +105,11 @@ class IncidentsStage:
         """Write (or overwrite, on close) the best frame's JPEGs; a failure costs only the images."""
         if not self.settings.snapshots.enabled or track.best_image is None:
             return False
-        header = track.best.header
-        paths = snapshot_paths(self.settings.data_dir / "snapshots", header.camera, header.captured_at, str(track.state["uid"]))
+        if track.state.get("snapshot_seq") == track.best.header.seq:
+            return False  # the best frame has not changed since its JPEGs were written
+        # the folder date is the incident's first frame, so a rewrite after midnight lands on the same files
+        first = track.first.header
+        paths = snapshot_paths(self.settings.data_dir / "snapshots", first.camera, first.captured_at, str(track.state["uid"]))
         label = f"scratch {track.best.score:.2f}"
         try:
             write_snapshots(track.best_image, track.best.box, label, paths, self.settings.snapshots)
@@ -114,7 +117,7 @@ class IncidentsStage:
             self.snapshot_errors += 1
             log.error("incident %s: snapshot not written: %s", track.state["uid"], exc)
             return False
-        track.state.update(snapshot_path=str(paths.frame), crop_path=str(paths.crop))
+        track.state.update(snapshot_path=str(paths.frame), crop_path=str(paths.crop), snapshot_seq=track.best.header.seq)
         return True
 
 
