@@ -21,12 +21,17 @@ MARK = Mark(0, 100, (200, 100, 30, 10))
 
 
 class Harness:
-    """frames PUSH -> [stage under test] -> detections PULL, all over ipc."""
+    """frames PUSH -> [stage under test] -> detections PULL.
+
+    Frames go over inproc, where a message is in the receiver's pipe as soon as send returns, so
+    a test can queue messages before the stage starts without sleeping; results go over ipc.
+    """
 
     def __init__(self, tmp: Path, model: Path, hwm: int = 100) -> None:
         self.ctx = zmq.Context()
-        self.frames_in = pull_socket(self.ctx, f"ipc://{tmp}/f.sock", hwm)
-        self.sender = push_socket(self.ctx, f"ipc://{tmp}/f.sock", hwm)
+        frames = f"inproc://frames-{id(self)}"
+        self.frames_in = pull_socket(self.ctx, frames, hwm)
+        self.sender = push_socket(self.ctx, frames, hwm)
         self.results = pull_socket(self.ctx, f"ipc://{tmp}/d.sock", hwm)
         out = push_socket(self.ctx, f"ipc://{tmp}/d.sock", hwm)
         self.stage = InferenceStage(Detector(model, provider="cpu"), Receiver(self.frames_in, 0.0, "test"), out, max_batch=4)
@@ -89,7 +94,7 @@ def test_live_keeps_only_the_newest_waiting_frame_replay_keeps_all(harness: Harn
     for camera, kind in (("live-cam", "live"), ("file", "replay")):
         harness.sender.send_multipart(encode_control(EosHeader(camera=camera, kind=kind, source=camera)))
     harness.sender.send_multipart(encode_control(StopHeader(sources=("live-cam", "file"))))
-    time.sleep(0.5)  # everything waits in the stage's queue before it starts draining
+    # inproc: everything already waits in the stage's queue before it starts draining
     thread = harness.run_in_thread()
     out = harness.collect()
     thread.join(5)
