@@ -7,6 +7,8 @@ default; PostgreSQL is used by URL (`postgresql+psycopg://...`).
 
 from __future__ import annotations
 
+import time
+
 from pathlib import Path
 from typing import Any
 
@@ -130,8 +132,8 @@ def _install_sqlite_hooks(engine: Engine, busy_timeout_ms: int) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            _enable_wal(cursor, busy_timeout_ms / 1000)
             cursor.execute("PRAGMA foreign_keys=ON")
         finally:
             cursor.close()
@@ -140,6 +142,26 @@ def _install_sqlite_hooks(engine: Engine, busy_timeout_ms: int) -> None:
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get(_SQLITE_BEGIN_OPTION, "")
         conn.exec_driver_sql(f"BEGIN {mode}".strip())
+
+
+def _enable_wal(cursor: Any, timeout_s: float) -> None:
+    """Switch to WAL, waiting out a concurrent opener.
+
+    Switching a fresh file to WAL needs an exclusive lock, and SQLite reports a conflict there
+    as "database is locked" at once, without its busy handler: two processes starting together
+    (daemon and CLI) would otherwise fail for nothing.
+    """
+    import sqlite3
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _check_reachable(engine: Engine) -> None:
