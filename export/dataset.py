@@ -52,10 +52,12 @@ class Sample:
     height: int = 0
     sha256: str = ""
     phash: int = 0
+    disambiguate: bool = False  # another kept file has the same name (e.g. train/x.jpg, valid/x.jpg)
 
     @property
     def out_stem(self) -> str:
-        return f"{self.dataset}__{self.path.stem}"
+        stem = f"{self.dataset}__{self.path.stem}"
+        return f"{stem}__{self.sha256[:8]}" if self.disambiguate else stem
 
 
 @dataclass
@@ -352,7 +354,11 @@ def write_data_yaml(out_dir: Path, splits: Iterable[str]) -> None:
 
 
 def dataset_hash(out_dir: Path) -> str:
-    """Hash of every label and image name per split: changes whenever the training data does."""
+    """Hash of every label file with its split path: changes when boxes, names or splits do.
+
+    Image bytes are not hashed (they are fixed by the names and the source data's own hashes,
+    which the report lists); hashing them would cost a full read of the dataset.
+    """
     digest = hashlib.sha256()
     for label in sorted((out_dir / "labels").rglob("*.txt")):
         digest.update(str(label.relative_to(out_dir)).encode())
@@ -385,6 +391,9 @@ def build_dataset(
     assignment = split_groups(samples, copies, fractions)
 
     kept, merged = _dedupe(samples, copies)
+    names = Counter(s.out_stem for s in kept)
+    for s in kept:
+        s.disambiguate = names[s.out_stem] > 1
     splits: dict[str, list[Sample]] = {name: [] for name in fractions}
     names = list(fractions)
     for s in kept:

@@ -132,3 +132,19 @@ def test_tiled_build_writes_tiles_for_train_only(yolo_dataset: Path, tmp_path: P
     stats = result.stats
     assert stats["images_per_split"]["train"] == 5 * stats["photos_per_split"]["train"]
     assert stats["images_per_split"]["test"] == stats["photos_per_split"]["test"]
+
+
+def test_same_file_name_in_two_subfolders_keeps_both(tmp_path: Path) -> None:
+    from tests.export.conftest import photo, write_label
+    import cv2
+
+    root = tmp_path / "nested"
+    for sub, seed in (("a", 1), ("b", 2)):
+        (root / "images" / sub).mkdir(parents=True)
+        (root / "labels" / sub).mkdir(parents=True)
+        cv2.imwrite(str(root / "images" / sub / "x.jpg"), photo(seed))
+        write_label(root / "labels" / sub / "x.txt", [(0.5, 0.5, 0.2, 0.1)])
+    result = build_dataset([root], tmp_path / "out", fractions={"train": 1.0}, progress=False)
+    written = sorted(p.name for p in (tmp_path / "out" / "images" / "train").iterdir())
+    assert len(written) == 2 and len(set(written)) == 2
+    assert result.stats["images_per_split"]["train"] == 2
