@@ -75,6 +75,7 @@ class CaptureThread(threading.Thread):
         super().__init__(name=f"capture-{spec.camera}", daemon=True)
         self.spec, self.ctx, self.endpoint, self.hwm, self.policy, self.stop = spec, ctx, endpoint, hwm, policy, stop
         self.stats = CaptureStats()
+        self.source_text = redact(spec.source)  # once: it is in every frame header
         self.abort = threading.Event()
         """Set when the pipeline downstream is gone: no EOS, no lingering on undeliverable frames."""
         self._drops = RateLimitedLog(log, 10.0)
@@ -179,7 +180,7 @@ class CaptureThread(threading.Thread):
         header = FrameHeader(
             camera=self.spec.camera,
             kind=self.spec.kind,
-            source=redact(self.spec.source),
+            source=self.source_text,
             seq=self.stats.sent,
             captured_ns=now_ns(),
             media_time_s=media_time,
@@ -193,10 +194,10 @@ class CaptureThread(threading.Thread):
             return
         self.stats.state = state
         level = logging.INFO if state == "connected" else logging.WARNING
-        log.log(level, "camera %s (%s): %s%s", self.spec.camera, redact(self.spec.source), state, f"; {detail}" if detail else "")
+        log.log(level, "camera %s (%s): %s%s", self.spec.camera, self.source_text, state, f"; {detail}" if detail else "")
 
     def _send_eos(self, sock: zmq.Socket) -> None:
-        eos = EosHeader(camera=self.spec.camera, kind=self.spec.kind, source=redact(self.spec.source), error=self.stats.error)
+        eos = EosHeader(camera=self.spec.camera, kind=self.spec.kind, source=self.source_text, error=self.stats.error)
         try:
             send(sock, encode_control(eos))
         except zmq.Again:

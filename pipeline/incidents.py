@@ -81,7 +81,9 @@ class IncidentsStage:
         self.frames[camera] += 1
         self.last_frame_ns = time.time_ns()  # steady-state throughput, without process start-up
         self.first_frame_ns = self.first_frame_ns or self.last_frame_ns
-        tracker = self.trackers.setdefault(camera, CameraTracker(self.settings.tracker))
+        tracker = self.trackers.get(camera)
+        if tracker is None:  # not setdefault: that would build a tracker for every frame
+            tracker = self.trackers[camera] = CameraTracker(self.settings.tracker)
         update = tracker.update(message.boxes, message.header, message.image)
         for track in update.opened:
             self.opened[camera] += 1

@@ -78,7 +78,7 @@ def write_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data.tobytes())
+            handle.write(data)  # the encoded buffer as is: no extra copy
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
