@@ -42,6 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--device", default="auto", help="auto, cpu, 0 (first CUDA GPU)")
     t.add_argument("--workers", type=int, default=2)
     t.add_argument("--patience", type=int, default=15)
+    t.add_argument("--optimizer", help="ultralytics optimizer, e.g. AdamW or SGD (default: auto)")
+    t.add_argument("--lr0", type=float, help="initial learning rate (default: ultralytics')")
+    t.add_argument("--warmup-epochs", type=float, help="warmup length (default: ultralytics' 3)")
+    t.add_argument("--cos-lr", action="store_true", help="cosine learning-rate schedule")
+    t.add_argument("--close-mosaic", type=int, help="turn mosaic off for the last N epochs (default 10)")
     t.set_defaults(func=_cmd_train)
 
     e = subparsers.add_parser("export", help="export a checkpoint to ONNX, check parity, embed metrics")
@@ -102,6 +107,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     opts = TrainOptions(
         data=args.data, weights=weights, run_dir=args.run_dir, epochs=args.epochs, imgsz=args.imgsz,
         batch=args.batch, device=args.device, workers=args.workers, patience=args.patience, init=args.init,
+        optimizer=args.optimizer, lr0=args.lr0, warmup_epochs=args.warmup_epochs, cos_lr=args.cos_lr,
+        close_mosaic=args.close_mosaic,
     )
     summary = train(opts)
     print(f"training done: {summary['best']} ({summary['transfer']})")

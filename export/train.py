@@ -38,6 +38,13 @@ class TrainOptions:
     patience: int = 15
     weights_sha256: str | None = YOLOV5N_COCO_SHA256
     init: Path | None = None  # an ultralytics checkpoint of ours to fine-tune instead of COCO
+    # Schedule overrides; None keeps ultralytics' default. A fine-tune needs them: the defaults
+    # ("auto" AdamW at 0.002 with a 3-epoch warmup at bias lr 0.1) undo what the start model knew.
+    optimizer: str | None = None
+    lr0: float | None = None
+    warmup_epochs: float | None = None
+    cos_lr: bool = False
+    close_mosaic: int | None = None
     # ultralytics callbacks by event name (progress hooks, and tests that interrupt a run)
     callbacks: dict[str, Callable] = field(default_factory=dict)
 
@@ -148,7 +155,14 @@ def _train_args(opts: TrainOptions) -> dict:
         "cache": "ram",
         "plots": True,  # results.png: the training curves
         "verbose": True,
-    }
+        "cos_lr": opts.cos_lr,
+    } | _schedule_overrides(opts)
+
+
+def _schedule_overrides(opts: TrainOptions) -> dict:
+    chosen = {"optimizer": opts.optimizer, "lr0": opts.lr0, "warmup_epochs": opts.warmup_epochs,
+              "close_mosaic": opts.close_mosaic}
+    return {key: value for key, value in chosen.items() if value is not None}
 
 
 def _data_hash(data_yaml: Path) -> str:

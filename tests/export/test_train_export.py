@@ -77,3 +77,17 @@ def test_train_interrupt_resume_export_parity(tiny_dataset: Path, tmp_path: Path
 
     detector = Detector(out, provider="cpu")
     assert detector.imgsz == (64, 64) and detector.names == {0: "scratch"} and detector.batch_dynamic
+
+    # a fine-tune of that model at another size, on its own schedule: the overrides reach ultralytics
+    fine = tmp_path / "runs" / "fine"
+    train(TrainOptions(
+        data=tiny_dataset / "data.yaml", weights=None, run_dir=fine, epochs=1, imgsz=96, batch=4,
+        device="cpu", workers=0, init=run_dir / "weights" / "best.pt", optimizer="AdamW", lr0=0.0005,
+        warmup_epochs=0.0, cos_lr=True, close_mosaic=0,
+    ))
+    import yaml
+
+    args = yaml.safe_load((fine / "args.yaml").read_text())
+    assert (args["optimizer"], args["lr0"], args["warmup_epochs"], args["cos_lr"], args["close_mosaic"]) == (
+        "AdamW", 0.0005, 0.0, True, 0)
+    assert args["imgsz"] == 96 and json.loads((fine / "transfer.json").read_text())["source"].endswith("best.pt")
