@@ -40,6 +40,9 @@ class DatasetError(ValueError):
     """An input folder cannot be read as a dataset at all (as opposed to one bad sample)."""
 
 
+SOURCE_SEP = "__"  # output names are <input dataset>__<file stem>[__<hash>]
+
+
 @dataclass
 class Sample:
     """One annotated image as found in an input dataset."""
@@ -56,8 +59,13 @@ class Sample:
 
     @property
     def out_stem(self) -> str:
-        stem = f"{self.dataset}__{self.path.stem}"
-        return f"{stem}__{self.sha256[:8]}" if self.disambiguate else stem
+        stem = f"{self.dataset}{SOURCE_SEP}{self.path.stem}"
+        return f"{stem}{SOURCE_SEP}{self.sha256[:8]}" if self.disambiguate else stem
+
+
+def source_of(image: Path) -> str:
+    """The input dataset an output image came from (its name starts with it), for per-source metrics."""
+    return image.name.split(SOURCE_SEP, 1)[0] if SOURCE_SEP in image.name else ""
 
 
 @dataclass

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 
 from export.boxes import xywhn_to_xyxy
-from export.dataset import load_split
-from export.metrics import Evaluation, ImageResult, evaluate
+from export.dataset import load_split, source_of
+from export.metrics import Evaluation, ImageResult, evaluate, map_by_group
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,12 @@ def detections_for(detector, images: list[np.ndarray], progress: bool = False) -
 
 
 def score(images: list[tuple[Path, np.ndarray, np.ndarray]], detections: list[np.ndarray]) -> Evaluation:
-    return evaluate(
-        [ImageResult(d, gt, float(img.shape[0] * img.shape[1])) for (_, img, gt), d in zip(images, detections)]
-    )
+    results = [ImageResult(d, gt, float(img.shape[0] * img.shape[1])) for (_, img, gt), d in zip(images, detections)]
+    ev = evaluate(results)
+    sources = [source_of(path) for path, _, _ in images]
+    if len(set(sources)) > 1:
+        ev.by_source = map_by_group(results, sources)
+    return ev
 
 
 def evaluate_model(

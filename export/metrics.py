@@ -71,6 +71,7 @@ class Evaluation:
     precision_at_best: float = 0.0
     recall_at_best: float = 0.0
     recall_by_size: dict[str, dict] = field(default_factory=dict)
+    by_source: dict[str, dict] = field(default_factory=dict)  # mAP per input dataset, when mixed
 
     @property
     def map50(self) -> float:
@@ -91,7 +92,7 @@ class Evaluation:
             "mAP50": round(self.map50, 4),
             "mAP50-95": round(self.map50_95, 4),
             "recall_by_size": self.recall_by_size,
-        }
+        } | ({"by_source": self.by_source} if self.by_source else {})
 
 
 def evaluate(results: list[ImageResult]) -> Evaluation:
@@ -138,3 +139,16 @@ def recall_by_size(results: list[ImageResult], threshold: float, iou: float = 0.
             bucket[0] += j in hit
             bucket[1] += 1
     return {k: {"recall": round(v[0] / v[1], 4), "boxes": v[1]} for k, v in sorted(found.items())}
+
+
+def map_by_group(results: list[ImageResult], groups: list[str]) -> dict[str, dict]:
+    """mAP of each group of images on its own (e.g. per input dataset), where one mix hides a weak part."""
+    by: dict[str, list[ImageResult]] = {}
+    for result, group in zip(results, groups, strict=True):
+        by.setdefault(group, []).append(result)
+    out = {}
+    for group, members in sorted(by.items()):
+        ev = evaluate(members)
+        out[group] = {"images": ev.n_images, "boxes": ev.n_ground_truth,
+                      "mAP50": round(ev.map50, 4), "mAP50-95": round(ev.map50_95, 4)}
+    return out

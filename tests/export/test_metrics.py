@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.metrics import ImageResult, average_precision, evaluate, match
+from pathlib import Path
+
+from export.dataset import source_of
+from export.metrics import ImageResult, average_precision, evaluate, map_by_group, match
 
 
 def test_match_takes_highest_score_first_and_each_truth_once() -> None:
@@ -55,3 +58,16 @@ def test_evaluate_hand_computed_case() -> None:
 def test_evaluate_with_no_detections_is_zero() -> None:
     ev = evaluate([ImageResult(np.zeros((0, 5)), np.array([[0, 0, 5, 5]], float), 100.0)])
     assert ev.map50 == 0.0 and ev.best_f1 == 0.0
+
+
+def test_map_by_group_scores_each_source_alone() -> None:
+    found = ImageResult(np.array([[0, 0, 10, 10, 0.9]], float), np.array([[0, 0, 10, 10]], float), 1e4)
+    missed = ImageResult(np.array([[50, 50, 60, 60, 0.95]], float), np.array([[0, 0, 10, 10]], float), 1e4)
+    names = ["seed__a.jpg", "lensor__b.rf.1.jpg", "seed__c__0badf00d.jpg"]
+    groups = [source_of(Path("images/test") / n) for n in names]
+    assert groups == ["seed", "lensor", "seed"]
+    by = map_by_group([found, missed, found], groups)
+    assert by == {"lensor": {"images": 1, "boxes": 1, "mAP50": 0.0, "mAP50-95": 0.0},
+                  "seed": {"images": 2, "boxes": 2, "mAP50": 1.0, "mAP50-95": 1.0}}
+    # mixed together, the confident miss ranks first: the whole is worse than the better part
+    assert 0 < evaluate([found, missed, found]).map50 < 1.0
