@@ -30,13 +30,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `tests.pipeline.synthetic` for the latency probe
 
-from pipeline.config import Settings, load_settings  # noqa: E402
+from pipeline.config import DEFAULT_MODEL, Settings, load_settings  # noqa: E402
 from pipeline.detector import Detector  # noqa: E402
 from pipeline.runner import ReplayReport, Supervisor, replay_files  # noqa: E402
 from pipeline.capture import SourceSpec  # noqa: E402
 
 DEFAULT_CLIP = REPO.parent / "shared/videos/udacity_lanelines_solidWhiteRight.mp4"
-DEFAULT_MODEL = REPO / "models/scratchwatch-yolov5n-320.onnx"
+SHIPPED_MODEL = REPO / DEFAULT_MODEL
 
 
 def bench_settings(data_dir: Path, model: Path, threads: int | None, max_batch: int, **detector: Any) -> Settings:
@@ -192,7 +192,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="mode", required=True)
     t = sub.add_parser("throughput", help="end-to-end frames/s vs raw ONNX Runtime frames/s")
     t.add_argument("--clip", type=Path, default=DEFAULT_CLIP)
-    t.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="ONNX model (its imgsz is read from the file)")
+    t.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="ONNX model (its imgsz is read from the file)")
     t.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own choice)")
     t.add_argument("--max-batch", type=int, default=4)
     t.add_argument("--repeats", type=int, default=3, help="raw timing: best of N passes")
@@ -202,7 +202,7 @@ def main() -> None:
     l.add_argument("--threads", type=int, default=None)
     l.add_argument("--images", type=Path, help="real photos to show (e.g. datasets/scratch-v1/images/test): "
                    "measures the real --model instead of the synthetic one")
-    l.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="with --images: the ONNX model")
+    l.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="with --images: the ONNX model")
     args = parser.parse_args()
     result = throughput(args) if args.mode == "throughput" else latency(args)
     print(json.dumps(result, indent=2))

@@ -11,12 +11,13 @@ import logging
 import sys
 from pathlib import Path
 
+from pipeline.config import DEFAULT_MODEL
+
 SHARED = Path("../shared")
 DEFAULT_INPUTS = [SHARED / "datasets/seed-scratch", SHARED / "datasets/lensor-damage"]
 DEFAULT_DATA = Path("datasets/scratch-v1")
 DEFAULT_RUN = Path("runs/train/scratchwatch-yolov5n-320")
 DEFAULT_WEIGHTS = SHARED / "weights/yolov5n-v7.0-coco.pt"
-DEFAULT_MODEL = Path("models/scratchwatch-yolov5n-320.onnx")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -108,9 +108,12 @@ class TransportConfig(_Section):
     )
 
 
+DEFAULT_MODEL = Path("models/scratchwatch-yolov5n-320.onnx")  # the shipped model, relative to the repo
+
+
 class DetectorConfig(_Section):
     model: Path = Field(
-        default=Path("models/scratchwatch-yolov5n-320.onnx"),
+        default=DEFAULT_MODEL,
         title="ONNX model",
         description="Path of the exported detector; relative paths resolve against the config file's folder.",
     )

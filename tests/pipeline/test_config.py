@@ -17,7 +17,7 @@ def test_repo_config_yaml_loads_and_resolves_paths_against_its_folder(monkeypatc
     monkeypatch.delenv("SCRATCHWATCH_DATA_DIR", raising=False)
     monkeypatch.delenv("SCRATCHWATCH_DATABASE_URL", raising=False)
     settings = load_settings(REPO / "config.yaml")
-    assert settings.detector.model == REPO / "models/scratchwatch-yolov5n-320.onnx"
+    assert settings.detector.model == REPO / config_module.DEFAULT_MODEL  # config.yaml states the default
     assert settings.data_dir == REPO / "data"
     assert [c.id for c in settings.cameras] == ["demo"]
     assert settings.cameras[0].source == str(REPO / "demo/intel_car-detection.mp4")
@@ -79,7 +79,7 @@ def test_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     settings = load_settings()
     assert settings.data_dir == tmp_path / "state"
     assert settings.database_url == "postgresql+psycopg://db/sw"
-    assert settings.detector.model == path.parent / "models/scratchwatch-yolov5n-320.onnx"
+    assert settings.detector.model == path.parent / config_module.DEFAULT_MODEL
     assert [c.is_live for c in settings.cameras] == [True, True]
     assert settings.cameras[0].source == "rtsp://u:p@cam/1"  # URLs are not paths
 
