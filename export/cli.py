@@ -66,6 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v.add_argument("--threshold", type=float, help="operating threshold (default: the model's own)")
     v.add_argument("--clips", type=Path, nargs="*", default=sorted((SHARED / "videos").glob("*.mp4")),
                    help="clean clips to replay: every incident on them is a false alarm")
+    v.add_argument("--sweep", type=float, nargs="+", metavar="T",
+                   help="also replay the clips at each of these thresholds (to choose the shipped one)")
     v.add_argument("--out", type=Path, help="report folder (default: runs/eval/<model stem>)")
     v.add_argument("--provider", default="auto")
     v.set_defaults(func=_cmd_evaluate)
@@ -136,6 +138,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     report = run_evaluation(
         args.model, args.data, split=args.split, threshold=args.threshold, clips=args.clips,
         out_dir=args.out or Path("runs/eval") / args.model.stem, provider=args.provider,
+        sweep=args.sweep,
     )
     m = report.metrics
     print(
@@ -145,6 +148,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     for clip, result in report.clips.items():
         print(f"  {clip}: {result['incidents']} incidents (false alarms) over {result['frames']} frames")
+    for row in report.sweep:
+        print(f"  threshold {row['threshold']}: P {row['precision']:.3f} R {row['recall']:.3f}, "
+              f"{row['total_false_alarms']} false alarms {row['false_alarms']}")
     print(f"report: {report.outputs['report']}")
     return 0
 
