@@ -46,6 +46,26 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
+# Failures that retrying rides out only once somebody acts: said loudly, still retried, because
+# dropping accepted records is worse than holding them (close() hands them back as unsaved).
+_NEEDS_OPERATOR = {
+    "readonly database": "the database file or its folder is read-only",
+    "read-only": "the database is read-only",
+    "disk is full": "the disk holding the database is full",
+    "no space left": "the disk holding the database is full",
+    "unable to open database file": "the database file's folder is missing or not writable",
+    "no such table": "the schema is missing: was the database replaced after start?",
+    "permission denied": "the database user lacks a permission",
+    "password authentication failed": "the database credentials are wrong",
+}
+
+
+def operator_hint(exc: BaseException) -> str | None:
+    """What a person must fix when the failure will not clear by itself, else None."""
+    text = str(exc).lower()
+    return next((hint for needle, hint in _NEEDS_OPERATOR.items() if needle in text), None)
+
+
 class IncidentWriter:
     """Saves submitted records on a background thread, in order, retrying transient failures.
 
@@ -220,7 +240,12 @@ class IncidentWriter:
         """Log the first failure of an outage only, not every retry."""
         if self._down_since is None:
             self._down_since = time.monotonic()
-            log.warning("database unavailable, holding %d incident(s) and retrying: %s", self.pending, exc)
+            hint = operator_hint(exc)
+            if hint:
+                log.error("database refuses writes and will until fixed (%s); holding %d incident(s) "
+                          "and retrying: %s", hint, self.pending, exc)
+            else:
+                log.warning("database unavailable, holding %d incident(s) and retrying: %s", self.pending, exc)
 
     def _note_up(self) -> None:
         if self._down_since is not None:

@@ -12,12 +12,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 import pytest
-from sqlalchemy import make_url
+from sqlalchemy import create_engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from storage.db import connect
 from storage.repository import IncidentRepository
-from storage.writer import IncidentWriter, WriterClosedError, is_transient
+from storage.writer import IncidentWriter, WriterClosedError, is_transient, operator_hint
 from tests.storage.helpers import make_record, wait_until
 
 if TYPE_CHECKING:
@@ -106,6 +106,26 @@ def test_close_gives_up_after_timeout_and_keeps_unsaved(sqlite_url: str, sqlite_
     assert sqlite_repo.count() == 0
 
 
+def test_read_only_database_is_an_error_for_a_person_and_loses_nothing(
+    sqlite_url: str, sqlite_repo: IncidentRepository, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="storage.writer")
+    path = make_url(sqlite_url).database
+    read_only = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+    writer = IncidentWriter(IncidentRepository(read_only), **FAST_RETRY)
+    try:
+        writer.submit(make_record(0))
+        wait_until(lambda: writer.retries >= 3, what="retries against the read-only file")
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and "read-only" in errors[0] and "holding 1 incident" in errors[0]
+        assert writer.close(timeout=0.1) is False
+        wait_until(lambda: len(writer.unsaved) == 1, what="the record handed back")
+        assert writer.unsaved[0].uid == make_record(0).uid and writer.failed == 0
+    finally:
+        read_only.dispose()
+    assert sqlite_repo.count() == 0
+
+
 def test_bad_records_are_skipped_and_the_writer_keeps_going(
     repo: IncidentRepository, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -176,6 +196,8 @@ def test_transient_errors_are_told_apart_from_bad_records() -> None:
     assert is_transient(locked) and is_transient(dropped)
     assert not is_transient(duplicate)
     assert not is_transient(ValueError("naive datetime"))
+    assert operator_hint(locked) is None  # a lock clears by itself
+    assert "full" in operator_hint(OperationalError("INSERT", {}, Exception("database or disk is full")))
 
 
 def test_closing_again_returns_at_once(repo: IncidentRepository) -> None:
