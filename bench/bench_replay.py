@@ -6,7 +6,7 @@
 ``throughput`` replays a clip through the real pipeline (spawned stages, ZeroMQ, SQL) with
 every frame analysed, then, in the same run, times ONNX Runtime alone on the same frames,
 already preprocessed, at batch 1 and at the pipeline's batch size. It prints JSON with
-``end_to_end_fps``, ``raw_model_fps`` and their ``ratio`` (target >= 0.85 at imgsz 320).
+``end_to_end_fps``, ``raw_model_fps`` and their ``ratio`` (target >= 0.85 with the shipped model on 2 cores).
 
 ``latency`` runs a generated clip in real time as a camera would deliver it, with the synthetic
 red-mark model from the tests so incidents happen, and reports the p50/p95/max of

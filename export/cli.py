@@ -16,7 +16,8 @@ from pipeline.config import DEFAULT_MODEL
 SHARED = Path("../shared")
 DEFAULT_INPUTS = [SHARED / "datasets/seed-scratch", SHARED / "datasets/lensor-damage"]
 DEFAULT_DATA = Path("datasets/scratch-v1")
-DEFAULT_RUN = Path("runs/train/scratchwatch-yolov5n-320")
+DEFAULT_RUN = Path("runs/train/scratchwatch-yolov5n-320")  # `train`'s default: 320 px from COCO
+SHIPPED_RUN = Path("runs/train/scratchwatch-yolov5n-480")  # the 480 px fine-tune the shipped model is
 DEFAULT_WEIGHTS = SHARED / "weights/yolov5n-v7.0-coco.pt"
 
 
@@ -51,10 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.set_defaults(func=_cmd_train)
 
     e = subparsers.add_parser("export", help="export a checkpoint to ONNX, check parity, embed metrics")
-    e.add_argument("--checkpoint", type=Path, default=DEFAULT_RUN / "weights/best.pt")
+    e.add_argument("--checkpoint", type=Path, default=SHIPPED_RUN / "weights/best.pt")
     e.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the dataset the model was trained on")
     e.add_argument("--out", type=Path, default=DEFAULT_MODEL)
-    e.add_argument("--imgsz", type=int, default=320)
+    e.add_argument("--imgsz", type=int, help="input size (default: the one the checkpoint was trained at)")
     e.add_argument("--threshold", type=float,
                    help="operating threshold to embed (default: the F1-best one on the val split)")
     e.set_defaults(func=_cmd_export)
@@ -120,9 +121,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     _require_train_extra()
-    from export.onnx_export import export_model
+    from export.onnx_export import export_model, trained_imgsz
 
-    result = export_model(args.checkpoint, args.data, args.out, args.imgsz, threshold=args.threshold)
+    imgsz = args.imgsz or trained_imgsz(args.checkpoint)
+    result = export_model(args.checkpoint, args.data, args.out, imgsz, threshold=args.threshold)
     p, m = result["parity"], result["metrics"]
     print(
         f"wrote {result['model']}: test mAP@0.5 {m['mAP50']:.3f}, mAP@0.5:0.95 {m['mAP50-95']:.3f}, "

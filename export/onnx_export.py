@@ -82,6 +82,13 @@ def set_metadata(model_path: Path, values: dict[str, object]) -> None:
     onnx.save(model, str(model_path))
 
 
+def trained_imgsz(checkpoint: Path) -> int:
+    """The image size a checkpoint was trained at: the default export size, since any other costs accuracy."""
+    from ultralytics import YOLO
+
+    return int(YOLO(str(checkpoint)).ckpt["train_args"]["imgsz"])
+
+
 def read_metadata(model_path: Path) -> dict[str, str]:
     import onnx
 

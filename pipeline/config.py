@@ -108,7 +108,7 @@ class TransportConfig(_Section):
     )
 
 
-DEFAULT_MODEL = Path("models/scratchwatch-yolov5n-320.onnx")  # the shipped model, relative to the repo
+DEFAULT_MODEL = Path("models/scratchwatch-yolov5n-480.onnx")  # the shipped model, relative to the repo
 
 
 class DetectorConfig(_Section):

@@ -25,7 +25,8 @@ def test_config_points_at_the_shipped_model(shipped) -> None:
     model = settings.detector.model
     assert model.is_relative_to(REPO / "models") and model.is_file()
     assert model.stat().st_size <= 15 * 1024 * 1024
-    assert detector.imgsz == (320, 320) and detector.names == {0: "scratch"} and detector.batch_dynamic
+    imgsz = detector.imgsz[0]
+    assert detector.imgsz == (imgsz, imgsz) and model.stem.endswith(f"-{imgsz}") and detector.names == {0: "scratch"} and detector.batch_dynamic
     meta = detector.session.get_modelmeta().custom_metadata_map
     metrics = json.loads(meta["scratchwatch_metrics"])
     assert metrics["split"] == "test" and 0 < metrics["mAP50"] <= 1

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("ultralytics", reason="training is in the [train] extra")
 
 from export.dataset import build_dataset  # noqa: E402
-from export.onnx_export import MAX_MAP_DIFF, OPSET, export_model, read_metadata  # noqa: E402
+from export.onnx_export import MAX_MAP_DIFF, OPSET, export_model, read_metadata, trained_imgsz  # noqa: E402
 from export.train import TrainOptions, offline_env, train  # noqa: E402
 from tests.export.conftest import photo, write_label  # noqa: E402
 
@@ -64,6 +64,7 @@ def test_train_interrupt_resume_export_parity(tiny_dataset: Path, tmp_path: Path
     assert (run_dir / "results.png").exists(), "training curves are drawn"
 
     out = tmp_path / "model.onnx"
+    assert trained_imgsz(run_dir / "weights" / "best.pt") == 64  # `scratchwatch export`'s default size
     result = export_model(run_dir / "weights" / "best.pt", tiny_dataset, out, imgsz=64)
     parity = result["parity"]
     assert parity["ok"] and parity["map_diff"] <= MAX_MAP_DIFF
@@ -90,4 +91,4 @@ def test_train_interrupt_resume_export_parity(tiny_dataset: Path, tmp_path: Path
     args = yaml.safe_load((fine / "args.yaml").read_text())
     assert (args["optimizer"], args["lr0"], args["warmup_epochs"], args["cos_lr"], args["close_mosaic"]) == (
         "AdamW", 0.0005, 0.0, True, 0)
-    assert args["imgsz"] == 96 and json.loads((fine / "transfer.json").read_text())["source"].endswith("best.pt")
+    assert args["imgsz"] == 96 and trained_imgsz(fine / "weights" / "best.pt") == 96 and json.loads((fine / "transfer.json").read_text())["source"].endswith("best.pt")
