@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--near-distance", type=int, default=4, help="perceptual-hash bits for a near copy")
     b.add_argument("--tile", type=int, default=0, help="also cut train images into an N x N grid (0: off)")
     b.add_argument("--tile-overlap", type=float, default=0.2, help="tile overlap, fraction of a tile")
-    b.set_defaults(func=_cmd_dataset_build)
+    b.set_defaults(func=_reported(_cmd_dataset_build))
 
     t = subparsers.add_parser("train", help="train the detector from COCO weights (resumable)")
     t.add_argument("--data", type=Path, default=DEFAULT_DATA / "data.yaml")
@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--warmup-epochs", type=float, help="warmup length (default: ultralytics' 3)")
     t.add_argument("--cos-lr", action="store_true", help="cosine learning-rate schedule")
     t.add_argument("--close-mosaic", type=int, help="turn mosaic off for the last N epochs (default 10)")
-    t.set_defaults(func=_cmd_train)
+    t.set_defaults(func=_reported(_cmd_train))
 
     e = subparsers.add_parser("export", help="export a checkpoint to ONNX, check parity, embed metrics")
     e.add_argument("--checkpoint", type=Path, default=SHIPPED_RUN / "weights/best.pt")
@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--imgsz", type=int, help="input size (default: the one the checkpoint was trained at)")
     e.add_argument("--threshold", type=float,
                    help="operating threshold to embed (default: the F1-best one on the val split)")
-    e.set_defaults(func=_cmd_export)
+    e.set_defaults(func=_reported(_cmd_export))
 
     v = subparsers.add_parser("evaluate", help="score an ONNX model through the pipeline's detector code")
     v.add_argument("model", type=Path)
@@ -71,7 +71,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also replay the clips at each of these thresholds (to choose the shipped one)")
     v.add_argument("--out", type=Path, help="report folder (default: runs/eval/<model stem>)")
     v.add_argument("--provider", default="auto")
-    v.set_defaults(func=_cmd_evaluate)
+    v.set_defaults(func=_reported(_cmd_evaluate))
+
+
+def _reported(command):
+    """Bad input (a folder in neither format, a weights file with another sha256, a missing file)
+    ends the command with its one-line message, which names the file, instead of a traceback."""
+    def run(args: argparse.Namespace) -> int:
+        from export.dataset import DatasetError
+        from export.weights import WeightsError
+
+        try:
+            return command(args)
+        except (DatasetError, WeightsError, FileNotFoundError) as exc:
+            print(f"scratchwatch {args.command}: {exc}", file=sys.stderr)
+            return 1
+
+    return run
 
 
 def _require_train_extra() -> None:
@@ -137,6 +153,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from export.evaluate import run_evaluation
 
+    if args.sweep and not args.clips:
+        print("scratchwatch evaluate: --sweep counts false alarms on clean clips: give --clips", file=sys.stderr)
+        return 2
     report = run_evaluation(
         args.model, args.data, split=args.split, threshold=args.threshold, clips=args.clips,
         out_dir=args.out or Path("runs/eval") / args.model.stem, provider=args.provider,

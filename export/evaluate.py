@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from export.boxes import xywhn_to_xyxy
-from export.dataset import load_split, source_of
+from export.dataset import DatasetError, load_split, source_of
 from export.metrics import Evaluation, ImageResult, evaluate, map_by_group
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def evaluate_model(
     detector = Detector(model, provider=provider, conf_threshold=EVAL_CONF, iou_threshold=EVAL_IOU)
     images = load_images(data, split)
     if not images:
-        raise ValueError(f"{data}: the '{split}' split has no decodable images")
+        raise DatasetError(f"{data}: the '{split}' split has no decodable images")
     return score(images, detections_for(detector, [im for _, im, _ in images], progress)), images
 
 
@@ -173,6 +173,8 @@ def run_evaluation(
     """
     import tempfile
 
+    if sweep and not clips:
+        raise ValueError("a threshold sweep counts false alarms on clean clips: give --clips")
     ev, _ = evaluate_model(model, data, split, provider)
     threshold = threshold if threshold is not None else (model_threshold(model) or ev.best_threshold)
     out_dir.mkdir(parents=True, exist_ok=True)

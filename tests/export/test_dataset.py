@@ -101,6 +101,17 @@ def test_folder_in_neither_format_is_named(tmp_path: Path) -> None:
         detect_format(tmp_path / "missing")
 
 
+def test_cli_reports_a_bad_folder_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli import main
+
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.txt").write_text("x")
+    assert main(["dataset", "build", str(tmp_path / "junk"), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("scratchwatch dataset: ") and "junk is neither a YOLO dataset" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
 def test_roboflow_source_names() -> None:
     assert roboflow_source("0003_JPEG_jpg.rf.3ce3509fa.jpg") == "0003_JPEG_jpg"
     assert roboflow_source("plain.jpg") == "plain"

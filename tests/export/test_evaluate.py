@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import cv2
+import pytest
 
 from export.dataset import build_dataset
 from export.evaluate import run_evaluation
@@ -56,3 +57,8 @@ def test_evaluate_scores_by_source_replays_clips_and_sweeps(tmp_path: Path) -> N
         assert row["recall"] == 0.5  # alpha's four of eight boxes
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["sweep"] == report.sweep and (out / "pr_curve.png").stat().st_size > 0
+
+
+def test_a_sweep_without_clips_is_refused_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="clips"):
+        run_evaluation(tmp_path / "absent.onnx", tmp_path, clips=[], out_dir=tmp_path / "eval", sweep=[0.5])
