@@ -150,8 +150,8 @@ def replay_clips(model: Path, threshold: float, clips: list[Path], work_dir: Pat
     }
 
 
-def _sweep_row(ev: Evaluation, model: Path, threshold: float, clips: list[Path], work_dir: Path) -> dict:
-    alarms = {name: r["incidents"] for name, r in replay_clips(model, threshold, clips, work_dir).items()}
+def _sweep_row(ev: Evaluation, threshold: float, replayed: dict[str, dict]) -> dict:
+    alarms = {name: r["incidents"] for name, r in replayed.items()}
     return at_threshold(ev, threshold) | {"false_alarms": alarms, "total_false_alarms": sum(alarms.values())}
 
 
@@ -183,7 +183,11 @@ def run_evaluation(
     if clips:
         with tempfile.TemporaryDirectory(prefix="scratchwatch-eval-") as work:
             report.clips = replay_clips(model, threshold, list(clips), Path(work))
-            report.sweep = [_sweep_row(ev, model, t, list(clips), Path(work) / f"sweep-{t}") for t in sweep or []]
+            report.sweep = [
+                _sweep_row(ev, t, report.clips if t == threshold else
+                           replay_clips(model, t, list(clips), Path(work) / f"sweep-{t}"))
+                for t in sweep or []
+            ]
     report.outputs = {"pr_curve": str(out_dir / "pr_curve.png"), "report": str(out_dir / "metrics.json")}
     write_report(report, out_dir)
     return report

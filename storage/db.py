@@ -172,10 +172,15 @@ def _check_reachable(engine: Engine) -> None:
         raise DatabaseUnavailableError(f"cannot reach database {masked(engine.url)}: {exc.orig}") from exc
 
 
+def head_revisions() -> set[str]:
+    """The newest migration(s) this code ships: what ``connect`` brings every database to."""
+    return set(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
 def _at_head(engine: Engine) -> bool:
     with engine.connect() as conn:
         current = set(MigrationContext.configure(conn).get_current_heads())
-    return current == set(ScriptDirectory.from_config(alembic_config()).get_heads())
+    return current == head_revisions()
 
 
 def _take_migration_lock(conn: Connection) -> None:

@@ -109,6 +109,16 @@ class Incident(Base):
     frame_height: Mapped[int]
     snapshot_path: Mapped[str | None] = mapped_column(String(2048))
     crop_path: Mapped[str | None] = mapped_column(String(2048))
+    car_track_id: Mapped[int | None]
+    """The car stage's track (per camera) the damage lies on; None without the car stage."""
+    car_x1: Mapped[int | None]
+    car_y1: Mapped[int | None]
+    car_x2: Mapped[int | None]
+    car_y2: Mapped[int | None]
+    """The car's box in the best frame, frame pixels."""
+    car_score: Mapped[float | None]
+    car_path: Mapped[str | None] = mapped_column(String(2048))
+    """Snapshot of the whole car with the damage boxes drawn."""
     model_name: Mapped[str] = mapped_column(String(255))
     model_sha256: Mapped[str] = mapped_column(String(64))
     detection_count: Mapped[int]

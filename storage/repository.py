@@ -49,6 +49,13 @@ class IncidentRecord:
     first_media_time_s: float | None = None
     snapshot_path: str | None = None
     crop_path: str | None = None
+    car_track_id: int | None = None
+    car_x1: int | None = None
+    car_y1: int | None = None
+    car_x2: int | None = None
+    car_y2: int | None = None
+    car_score: float | None = None
+    car_path: str | None = None
     camera_source: str | None = None
     camera_kind: str | None = None
     recorded_at: datetime | None = None

@@ -43,7 +43,7 @@ def test_evaluate_scores_by_source_replays_clips_and_sweeps(tmp_path: Path) -> N
 
     out = tmp_path / "eval"
     report = run_evaluation(model, data, threshold=0.5, clips=[clean, marked], out_dir=out, provider="cpu",
-                            sweep=[0.3, 0.6])
+                            sweep=[0.3, 0.5, 0.6])  # 0.5 reuses the replay at the shipped threshold
 
     metrics = report.metrics
     assert (metrics["images"], metrics["ground_truth_boxes"]) == (8, 8)
@@ -51,7 +51,7 @@ def test_evaluate_scores_by_source_replays_clips_and_sweeps(tmp_path: Path) -> N
     assert metrics["by_source"]["beta"]["mAP50"] == 0.0  # beta's boxes mark bare spots
     assert 0.3 < metrics["mAP50"] < 0.9 and metrics["shipped"]["threshold"] == 0.5
     assert report.clips["clean.avi"]["incidents"] == 0 and report.clips["marked.avi"]["incidents"] == 1
-    assert [row["threshold"] for row in report.sweep] == [0.3, 0.6]
+    assert [row["threshold"] for row in report.sweep] == [0.3, 0.5, 0.6]
     for row in report.sweep:
         assert row["false_alarms"] == {"clean.avi": 0, "marked.avi": 1} and row["total_false_alarms"] == 1
         assert row["recall"] == 0.5  # alpha's four of eight boxes

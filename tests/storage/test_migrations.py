@@ -84,3 +84,21 @@ def test_connect_create_all_path_matches_models(engine: Engine) -> None:
     with engine.connect() as conn:
         assert _schema_diff(conn) == []
         assert _constraint_names(conn) == _declared_names()
+
+
+def test_database_of_the_previous_schema_upgrades_in_place(raw_engine: Engine) -> None:
+    """A 0001 database with an incident gains the car columns (NULL) and keeps its row."""
+    from sqlalchemy import text
+
+    with raw_engine.begin() as conn:
+        _upgrade(conn, "0001")
+        now = "2026-01-01 00:00:00+00:00"
+        conn.execute(text("INSERT INTO cameras VALUES ('cam', 'x.mp4', 'replay', :t, :t)"), {"t": now})
+        conn.execute(text(
+            "INSERT INTO incidents (uid, camera_id, kind, source, opened_at, best_score, x1, y1, x2, y2, frame_width,"
+            " frame_height, model_name, model_sha256, detection_count, captured_at, recorded_at)"
+            " VALUES ('u1', 'cam', 'replay', 'x.mp4', :t, 0.9, 1, 2, 3, 4, 10, 10, 'm', 'h', 3, :t, :t)"), {"t": now})
+        _upgrade(conn)
+        assert _schema_diff(conn) == []
+        row = conn.execute(text("SELECT uid, x2, car_track_id, car_x1, car_path FROM incidents")).one()
+        assert tuple(row) == ("u1", 3, None, None, None)
