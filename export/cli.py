@@ -32,6 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--tile", type=int, default=0, help="also cut train images into an N x N grid (0: off)")
     b.add_argument("--tile-overlap", type=float, default=0.2, help="tile overlap, fraction of a tile")
     b.set_defaults(func=_reported(_cmd_dataset_build))
+    f = dsub.add_parser("frames", help="frames of a clean clip's time span as background images (hard negatives)")
+    f.add_argument("clip", type=Path)
+    f.add_argument("--out", type=Path, required=True, help="YOLO folder to write (images/, empty labels/)")
+    f.add_argument("--start", type=float, default=0.0, help="first second taken")
+    f.add_argument("--end", type=float, required=True, help="seconds from here on stay unseen (for false-alarm tests)")
+    f.add_argument("--every", type=float, default=0.5, help="seconds between frames taken")
+    f.set_defaults(func=_reported(_cmd_dataset_frames))
 
     t = subparsers.add_parser("train", help="train the detector from COCO weights (resumable)")
     t.add_argument("--data", type=Path, default=DEFAULT_DATA / "data.yaml")
@@ -49,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--warmup-epochs", type=float, help="warmup length (default: ultralytics' 3)")
     t.add_argument("--cos-lr", action="store_true", help="cosine learning-rate schedule")
     t.add_argument("--close-mosaic", type=int, help="turn mosaic off for the last N epochs (default 10)")
+    t.add_argument("--time", type=float, dest="time_h", metavar="HOURS",
+                   help="stop after this many hours; ultralytics fits the schedule to it")
     t.set_defaults(func=_reported(_cmd_train))
 
     e = subparsers.add_parser("export", help="export a checkpoint to ONNX, check parity, embed metrics")
@@ -119,6 +128,14 @@ def _cmd_dataset_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dataset_frames(args: argparse.Namespace) -> int:
+    from export.video_frames import extract_frames
+
+    written = extract_frames(args.clip, args.out, args.start, args.end, args.every)
+    print(f"{len(written)} frames of {args.clip} [{args.start:g}s, {args.end:g}s) -> {args.out}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     _require_train_extra()
     from export.train import TrainOptions, train
@@ -128,7 +145,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         data=args.data, weights=weights, run_dir=args.run_dir, epochs=args.epochs, imgsz=args.imgsz,
         batch=args.batch, device=args.device, workers=args.workers, patience=args.patience, init=args.init,
         optimizer=args.optimizer, lr0=args.lr0, warmup_epochs=args.warmup_epochs, cos_lr=args.cos_lr,
-        close_mosaic=args.close_mosaic,
+        close_mosaic=args.close_mosaic, time_h=args.time_h,
     )
     summary = train(opts)
     print(f"training done: {summary['best']} ({summary['transfer']})")

@@ -45,6 +45,7 @@ class TrainOptions:
     warmup_epochs: float | None = None
     cos_lr: bool = False
     close_mosaic: int | None = None
+    time_h: float | None = None  # ultralytics' `time`: stop after this many hours (the schedule fits it)
     # ultralytics callbacks by event name (progress hooks, and tests that interrupt a run)
     callbacks: dict[str, Callable] = field(default_factory=dict)
 
@@ -128,13 +129,22 @@ def _with_callbacks(model, opts: TrainOptions):
 
 def _fresh_start(opts: TrainOptions) -> dict:
     opts.run_dir.mkdir(parents=True, exist_ok=True)
-    if opts.init is not None:  # e.g. a higher-resolution fine-tune of an earlier run
+    if opts.init is not None and opts.init.suffix == ".onnx":  # the shipped model: the only copy every session has
+        from export.from_onnx import checkpoint_from_onnx
+
+        report = checkpoint_from_onnx(opts.init, opts.run_dir / "start.pt", _train_images(opts.data))
+    elif opts.init is not None:  # e.g. a higher-resolution fine-tune of an earlier run
         shutil.copyfile(opts.init, opts.run_dir / "start.pt")
         report = {"source": str(opts.init), "summary": f"fine-tuning {opts.init}"}
     else:
         report = start_checkpoint(opts.weights, opts.run_dir / "start.pt", opts.weights_sha256)
     (opts.run_dir / "transfer.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _train_images(data_yaml: Path) -> Path:
+    """The train split's image folder of a dataset built by `scratchwatch dataset build`."""
+    return data_yaml.parent / "images" / "train"
 
 
 def _train_args(opts: TrainOptions) -> dict:
@@ -161,7 +171,7 @@ def _train_args(opts: TrainOptions) -> dict:
 
 def _schedule_overrides(opts: TrainOptions) -> dict:
     chosen = {"optimizer": opts.optimizer, "lr0": opts.lr0, "warmup_epochs": opts.warmup_epochs,
-              "close_mosaic": opts.close_mosaic}
+              "close_mosaic": opts.close_mosaic, "time": opts.time_h}
     return {key: value for key, value in chosen.items() if value is not None}
 
 

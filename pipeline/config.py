@@ -109,6 +109,36 @@ class TransportConfig(_Section):
 
 
 DEFAULT_MODEL = Path("models/scratchwatch-yolov5n-480.onnx")  # the shipped model, relative to the repo
+DEFAULT_CAR_MODEL = Path("models/scratchwatch-cars-yolov5n-coco-416.onnx")  # the shipped car stage
+CarGate = Literal["strict", "photo", "off"]
+
+
+class CarStageConfig(_Section):
+    model: Path = Field(
+        default=DEFAULT_CAR_MODEL,
+        title="Car model",
+        description="ONNX vehicle detector (COCO YOLOv5n, classic head); relative paths resolve against the config file's folder.",
+    )
+    scoring: Literal["objectness", "class"] = Field(
+        default="objectness",
+        title="Car score",
+        description="objectness: class-agnostic (COCO calls overhead cars 'cell phone'); class: the best of car/truck/bus/motorcycle.",
+    )
+    conf_threshold: float = Field(default=0.3, ge=0, le=1, title="Car threshold", description="Vehicles scoring below are ignored.")
+    iou_threshold: float = Field(default=0.45, ge=0, le=1, title="Car NMS IoU", description="Overlap above which NMS suppresses a car box.")
+    min_side: float = Field(
+        default=0.04, ge=0, le=1, title="Smallest car", description="Size prior: a car box's longer side must be at least this fraction of the frame's longer side."
+    )
+    margin: float = Field(
+        default=0.08, ge=0, le=1, title="Crop margin", description="Margin added around each car box before cropping, as a fraction of the box size."
+    )
+    inspect_every_s: float = Field(
+        default=2.0,
+        ge=0,
+        title="Re-inspection interval",
+        description="Cameras: a tracked car that has not moved is checked for damage at least this often (0: every analysed frame). "
+        "New or moved cars are checked at once.",
+    )
 
 
 class DetectorConfig(_Section):
@@ -137,8 +167,15 @@ class DetectorConfig(_Section):
         description="intra_op threads of the CPU provider; null lets ONNX Runtime choose (all cores).",
     )
     max_batch: int = Field(
-        default=4, ge=1, title="Largest batch", description="Frames waiting from several cameras are run together, up to this many."
+        default=4, ge=1, title="Largest batch", description="Frames (or car crops) run together by one model call, up to this many."
     )
+    car_gate: CarGate = Field(
+        default="strict",
+        title="Car gate",
+        description="strict: damage is looked for only on cars the car stage finds (no car, no damage: silences asphalt and bay lines). "
+        "photo: a frame without a car counts as one car filling it (close-ups; `scratchwatch detect`'s default). off: the whole frame, no car stage.",
+    )
+    cars: CarStageConfig = Field(default_factory=CarStageConfig, title="Car stage", description="The vehicle detector in front of the damage model.")
 
 
 class TrackerConfig(_Section):
@@ -282,7 +319,9 @@ def _resolve(settings: Settings, base: Path) -> Settings:
     env_dir = os.environ.get(DATA_DIR_ENV)
     data_dir = Path(env_dir).expanduser().resolve() if env_dir else _anchor(settings.data_dir, base)
     update: dict[str, Any] = {"data_dir": data_dir}
-    update["detector"] = settings.detector.model_copy(update={"model": _anchor(settings.detector.model, base)})
+    detector = settings.detector
+    cars = detector.cars.model_copy(update={"model": _anchor(detector.cars.model, base)})
+    update["detector"] = detector.model_copy(update={"model": _anchor(detector.model, base), "cars": cars})
     update["cameras"] = [
         camera if camera.is_live else camera.model_copy(update={"source": str(_anchor(Path(str(camera.source)), base))})
         for camera in settings.cameras

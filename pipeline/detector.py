@@ -161,13 +161,17 @@ def candidates(rows: np.ndarray, conf_threshold: float) -> np.ndarray:
 def nms(dets: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Per-class NMS (boxes offset by class so classes never suppress each other)."""
     if len(dets) == 0:
-        return dets.reshape(0, 6)
+        return dets.reshape(0, dets.shape[1] if dets.ndim == 2 else 6)
+    return dets[nms_keep(dets, iou_threshold)]
+
+
+def nms_keep(dets: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Indices of the rows NMS keeps, best first; columns past x1 y1 x2 y2 score cls ride along."""
     offset = dets[:, 5:6] * (float(dets[:, :4].max()) + 1)
     shifted = dets[:, :4] + offset
     xywh = np.concatenate([shifted[:, :2], shifted[:, 2:] - shifted[:, :2]], axis=1)
     keep = cv2.dnn.NMSBoxes(xywh.tolist(), dets[:, 4].tolist(), 0.0, iou_threshold)
-    keep = np.asarray(keep, dtype=np.int64).reshape(-1)[:MAX_DETECTIONS]
-    return dets[keep]
+    return np.asarray(keep, dtype=np.int64).reshape(-1)[:MAX_DETECTIONS]
 
 
 def _session(model_path: Path, provider: str, threads: int | None) -> ort.InferenceSession:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -16,3 +18,13 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def margin_window(box: np.ndarray, margin: float, width: int, height: int) -> tuple[int, int, int, int]:
+    """The frame window (x1, y1, x2, y2; integers, inside the frame, at least 1 px) around a box grown by
+    ``margin`` x its size on each side: the car stage's crops and the snapshots' crops."""
+    x1, y1, x2, y2 = (float(v) for v in box[:4])
+    mx, my = margin * (x2 - x1), margin * (y2 - y1)
+    left, top = min(max(0, math.floor(x1 - mx)), width - 1), min(max(0, math.floor(y1 - my)), height - 1)
+    right, bottom = min(width, math.ceil(x2 + mx)), min(height, math.ceil(y2 + my))
+    return left, top, max(right, left + 1), max(bottom, top + 1)

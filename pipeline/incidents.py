@@ -113,13 +113,17 @@ class IncidentsStage:
         first = track.first.header
         paths = snapshot_paths(self.settings.data_dir / "snapshots", first.camera, first.captured_at, str(track.state["uid"]))
         label = f"scratch {track.best.score:.2f}"
+        car = track.best.car
         try:
-            write_snapshots(track.best_image, track.best.box, label, paths, self.settings.snapshots)
+            write_snapshots(track.best_image, track.best.box, label, paths, self.settings.snapshots, car)
         except Exception as exc:
             self.snapshot_errors += 1
             log.error("incident %s: snapshot not written: %s", track.state["uid"], exc)
             return False
-        track.state.update(snapshot_path=str(paths.frame), crop_path=str(paths.crop), snapshot_seq=track.best.header.seq)
+        track.state.update(
+            snapshot_path=str(paths.frame), crop_path=str(paths.crop), car_path=str(paths.car) if car is not None else None,
+            snapshot_seq=track.best.header.seq,
+        )
         return True
 
 
@@ -153,7 +157,19 @@ def incident_record(track: Track, *, closed: bool = False) -> Any:
         first_media_time_s=first.header.media_time_s,
         snapshot_path=track.state.get("snapshot_path"),  # type: ignore[arg-type]
         crop_path=track.state.get("crop_path"),  # type: ignore[arg-type]
+        car_path=track.state.get("car_path"),  # type: ignore[arg-type]
+        **_car_fields(best.car),
     )
+
+
+def _car_fields(car: Any) -> dict[str, Any]:
+    """The car an incident's best detection lies on (box, score, track id), or nothing."""
+    if car is None:
+        return {}
+    x1, y1, x2, y2 = (int(round(float(v))) for v in car[:4])
+    track = int(car[5])
+    return {"car_x1": x1, "car_y1": y1, "car_x2": x2, "car_y2": y2, "car_score": float(car[4]),
+            "car_track_id": track if track >= 0 else None}
 
 
 def incidents_main(settings: Settings, endpoints: Endpoints, parent_pid: int) -> None:

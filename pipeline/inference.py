@@ -14,7 +14,7 @@ from typing import Any
 
 import zmq
 
-from pipeline.detector import Detector
+from pipeline.car_gate import CarGatedDetector, build_detector
 from pipeline.logs import RateLimitedLog
 from pipeline.messages import EosHeader, Frame, Message, StopHeader, encode_control, encode_detections
 from pipeline.stage import StageContext, run_stage
@@ -46,12 +46,13 @@ def newest_live_only(messages: list[Message]) -> tuple[list[Message], int]:
 class InferenceStage:
     """The stage's loop, separate from process setup so tests can drive it on real sockets."""
 
-    def __init__(self, detector: Detector, receiver: Receiver, out: zmq.Socket, max_batch: int, rate_limit_s: float = 10.0) -> None:
+    def __init__(self, detector: CarGatedDetector, receiver: Receiver, out: zmq.Socket, max_batch: int, rate_limit_s: float = 10.0) -> None:
         self.detector = detector
         self.receiver = receiver
         self.out = out
         self.max_batch = max_batch
         self.frames = self.batches = self.dropped = self.errors = 0
+        self.cars = self.inferences = 0
         self.eos_seen: set[str] = set()
         self.stop_waiting: set[str] | None = None
         self._log = RateLimitedLog(log, rate_limit_s)
@@ -93,13 +94,15 @@ class InferenceStage:
             "dropped_live": self.dropped,
             "errors": self.errors,
             "malformed": self.receiver.malformed,
+            "cars": self.cars,
+            "damage_inferences": self.inferences,
         }
 
     def _infer(self, batch: list[Frame]) -> None:
         if not batch:
             return
         try:
-            results = self.detector.detect([frame.image for frame in batch])
+            results = self.detector.detect([frame.image for frame in batch], [frame.header for frame in batch])
         except Exception:
             if len(batch) == 1:
                 self._bad_frame(batch[0])
@@ -108,10 +111,14 @@ class InferenceStage:
                 self._infer([frame])
             return
         self.batches += 1
-        for frame, boxes in zip(batch, results):
+        damage = self.detector.damage
+        for frame, result in zip(batch, results):
             self.frames += 1
+            self.cars += len(result.cars)
+            self.inferences += result.inferences
             parts = encode_detections(
-                frame.header, boxes, frame.image, model_name=self.detector.name, model_sha256=self.detector.model_sha256
+                frame.header, result.rows, frame.image, model_name=damage.name, model_sha256=damage.model_sha256,
+                cars=len(result.cars), inferences=result.inferences,
             )
             send(self.out, parts)
 
@@ -143,15 +150,20 @@ def inference_main(settings: Any, endpoints: Endpoints, parent_pid: int) -> None
 
 def _serve(stage: StageContext) -> dict[str, Any]:
     config, hwm = stage.settings.detector, stage.settings.transport.hwm
-    detector = Detector(config.model, config.provider, config.conf_threshold, config.iou_threshold, config.threads)
+    detector = build_detector(config)
+    damage = detector.damage
     frames_in = pull_socket(stage.ctx, stage.endpoints.frames, hwm)
     detections_out = push_socket(stage.ctx, stage.endpoints.detections, hwm)
     receiver = Receiver(frames_in, stage.settings.logging.rate_limit_s, "inference")
     worker = InferenceStage(detector, receiver, detections_out, config.max_batch, stage.settings.logging.rate_limit_s)
     stage.events.emit(
-        "ready", final=True, providers=detector.providers, model=str(detector.model_path), imgsz=list(detector.imgsz),
-        conf_threshold=detector.conf_threshold,
+        "ready", final=True, providers=damage.providers, model=str(damage.model_path), imgsz=list(damage.imgsz),
+        conf_threshold=damage.conf_threshold, car_gate=config.car_gate,
+        car_model=str(detector.cars.detector.model_path) if detector.cars else None,
     )
-    log.info("inference ready: %s on %s, input %s", detector.name, detector.providers[0], detector.imgsz)
+    log.info(
+        "inference ready: %s on %s, input %s, car gate %s%s", damage.name, damage.providers[0], damage.imgsz, config.car_gate,
+        f" ({detector.cars.name})" if detector.cars else "",
+    )
     worker.run(stage.parent_alive)
     return worker.stats()

@@ -4,8 +4,9 @@ Every message is multipart; part 0 is a JSON header validated with pydantic, the
 raw buffers sent and received without copies:
 
 - frame:       ``[header, frame bytes]``                 capture -> inference
-- detections:  ``[header, (N, 6) float32 boxes, frame?]``  inference -> incidents; the frame
-               travels only when N > 0, since only incidents need pixels (for snapshots)
+- detections:  ``[header, (N, 12) float32 rows, frame?]``  inference -> incidents; a row is a
+               damage box then the car it lies on (all -1 without one); the frame travels only
+               when N > 0, since only incidents need pixels (for snapshots)
 - eos:         ``[header]``  a source ended; travels in order with that source's frames
 - stop:        ``[header]``  drain and exit once the EOS of every listed source has arrived
 - event:       ``[header]``  stage -> supervisor: ready, progress, done, error
@@ -22,8 +23,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 SourceKind = Literal["live", "replay"]
-DETECTION_COLUMNS = 6
-"""x1 y1 x2 y2 score cls, in frame pixels."""
+DETECTION_COLUMNS = 12
+"""x1 y1 x2 y2 score cls of the damage, then car x1 y1 x2 y2 score track (-1: no car), frame pixels."""
+DAMAGE_COLUMNS = 6
 
 
 class MalformedMessage(ValueError):
@@ -60,6 +62,8 @@ class DetectionsHeader(_Header):
     count: int = Field(ge=0)
     model_name: str = ""
     model_sha256: str = ""
+    cars: int = Field(default=0, ge=0, description="vehicles the car stage found in the frame")
+    inferences: int = Field(default=1, ge=0, description="damage-model inputs (crops or the whole frame) run for it")
 
 
 class EosHeader(_Header):
@@ -100,7 +104,7 @@ class Detections:
     model_name: str
     model_sha256: str
     boxes: np.ndarray
-    """(N, 6) float32: x1 y1 x2 y2 score cls."""
+    """(N, 12) float32: x1 y1 x2 y2 score cls, then the car (x1 y1 x2 y2 score track, -1 for none)."""
     image: np.ndarray | None
     """The frame, present exactly when N > 0."""
 
@@ -120,11 +124,20 @@ def encode_frame(header: FrameHeader, image: np.ndarray) -> list[Any]:
 
 
 def encode_detections(
-    header: FrameHeader, boxes: np.ndarray, image: np.ndarray, *, model_name: str = "", model_sha256: str = ""
+    header: FrameHeader, boxes: np.ndarray, image: np.ndarray, *, model_name: str = "", model_sha256: str = "",
+    cars: int = 0, inferences: int = 1,
 ) -> list[Any]:
-    """``image`` is the received frame (a view on the zmq buffer), forwarded without a copy."""
-    boxes = np.ascontiguousarray(boxes, dtype=np.float32).reshape(-1, DETECTION_COLUMNS)
-    detections = DetectionsHeader(frame=header, count=len(boxes), model_name=model_name, model_sha256=model_sha256)
+    """``image`` is the received frame (a view on the zmq buffer), forwarded without a copy.
+
+    ``boxes`` are full rows, or bare (N, 6) damage boxes (no car stage): those get car columns of -1.
+    """
+    boxes = np.asarray(boxes, dtype=np.float32)
+    if boxes.ndim == 2 and boxes.shape[1] == DAMAGE_COLUMNS:
+        boxes = np.concatenate([boxes, np.full((len(boxes), DETECTION_COLUMNS - DAMAGE_COLUMNS), -1, np.float32)], axis=1)
+    boxes = np.ascontiguousarray(boxes).reshape(-1, DETECTION_COLUMNS)
+    detections = DetectionsHeader(
+        frame=header, count=len(boxes), model_name=model_name, model_sha256=model_sha256, cars=cars, inferences=inferences
+    )
     parts: list[Any] = [_dump(detections), boxes]
     if len(boxes):
         parts.append(image)

@@ -17,29 +17,42 @@ import cv2
 import numpy as np
 
 from pipeline.config import SnapshotsConfig
+from pipeline.geometry import margin_window
 
 BOX_COLOUR = (0, 255, 255)  # BGR yellow: visible on red scratches and on most car paints
 TEXT_COLOUR = (0, 0, 0)
+
+
+CAR_MARGIN = 0.05
+"""Margin of the whole-car snapshot around the car box."""
 
 
 @dataclass(frozen=True)
 class SnapshotPaths:
     frame: Path
     crop: Path
+    car: Path
 
 
 def snapshot_paths(root: Path, camera: str, when: datetime, uid: str) -> SnapshotPaths:
-    """``<root>/<camera>/<YYYY-MM-DD>/<uid>_{frame,crop}.jpg`` (camera made filename-safe)."""
+    """``<root>/<camera>/<YYYY-MM-DD>/<uid>_{frame,crop,car}.jpg`` (camera made filename-safe)."""
     folder = root / safe_name(camera) / when.strftime("%Y-%m-%d")
-    return SnapshotPaths(folder / f"{uid}_frame.jpg", folder / f"{uid}_crop.jpg")
+    return SnapshotPaths(folder / f"{uid}_frame.jpg", folder / f"{uid}_crop.jpg", folder / f"{uid}_car.jpg")
 
 
 def write_snapshots(
-    image: np.ndarray, box: np.ndarray, label: str, paths: SnapshotPaths, config: SnapshotsConfig
+    image: np.ndarray, box: np.ndarray, label: str, paths: SnapshotPaths, config: SnapshotsConfig,
+    car: np.ndarray | None = None,
 ) -> SnapshotPaths:
-    """Write both JPEGs for one detection (``box`` is x1 y1 x2 y2 in frame pixels)."""
-    write_jpeg(paths.frame, annotate(image, box, label), config.jpeg_quality)
+    """Write the JPEGs for one detection (``box`` and ``car`` are x1 y1 x2 y2 in frame pixels).
+
+    With a car, a third JPEG shows the whole car with the damage box drawn on it.
+    """
+    annotated = annotate(image, box, label)
+    write_jpeg(paths.frame, annotated, config.jpeg_quality)
     write_jpeg(paths.crop, crop(image, box, config.margin), config.jpeg_quality)
+    if car is not None:
+        write_jpeg(paths.car, crop(annotated, car, CAR_MARGIN), config.jpeg_quality)
     return paths
 
 
@@ -59,13 +72,7 @@ def annotate(image: np.ndarray, box: np.ndarray, label: str) -> np.ndarray:
 
 def crop(image: np.ndarray, box: np.ndarray, margin: float) -> np.ndarray:
     """The box plus ``margin`` x its size on each side, clipped to the frame, at full resolution."""
-    height, width = image.shape[:2]
-    x1, y1, x2, y2 = (float(v) for v in box[:4])
-    mx, my = (x2 - x1) * margin, (y2 - y1) * margin
-    left, top = max(0, int(x1 - mx)), max(0, int(y1 - my))
-    right, bottom = min(width, int(np.ceil(x2 + mx))), min(height, int(np.ceil(y2 + my)))
-    if right <= left or bottom <= top:  # degenerate box: keep at least one pixel
-        right, bottom = min(width, left + 1), min(height, top + 1)
+    left, top, right, bottom = margin_window(box, margin, image.shape[1], image.shape[0])
     return image[top:bottom, left:right]
 
 

@@ -25,6 +25,8 @@ class Observation:
     score: float
     cls: int
     header: FrameHeader
+    car: np.ndarray | None = None
+    """The car the detection lies on: x1 y1 x2 y2 score track (frame pixels), if the car stage found one."""
 
 
 @dataclass
@@ -57,6 +59,13 @@ class Track:
 class TrackUpdate:
     opened: list[Track] = field(default_factory=list)
     closed: list[Track] = field(default_factory=list)
+    assigned: list[Track] = field(default_factory=list)
+    """The track of each detection fed to ``update``, in input order (the car stage needs it)."""
+
+
+def _car(row: np.ndarray) -> np.ndarray | None:
+    """Rows from the car-gated detector carry their car after the six detection columns."""
+    return row[6:12].copy() if len(row) >= 12 and row[6] >= 0 else None
 
 
 class CameraTracker:
@@ -70,17 +79,19 @@ class CameraTracker:
     def update(self, dets: np.ndarray, header: FrameHeader, image: np.ndarray | None) -> TrackUpdate:
         """Feed one analysed frame's (N, 6) detections (possibly none)."""
         update = TrackUpdate()
-        observations = [Observation(row[:4].copy(), float(row[4]), int(row[5]), header) for row in dets]
+        observations = [Observation(row[:4].copy(), float(row[4]), int(row[5]), header, _car(row)) for row in dets]
+        assigned: dict[int, Track] = {}
         matched_tracks, matched_obs = self._associate(observations)
         for track_index, obs_index in zip(matched_tracks, matched_obs):
-            track = self.tracks[track_index]
+            track = assigned[obs_index] = self.tracks[track_index]
             track.add(observations[obs_index], image)
             if not track.is_incident and track.hits >= self.config.min_hits:
                 track.opened = observations[obs_index]
                 update.opened.append(track)
         self._age(set(matched_tracks), update)
         for obs_index in sorted(set(range(len(observations))) - set(matched_obs)):
-            self._start(observations[obs_index], image, update)
+            assigned[obs_index] = self._start(observations[obs_index], image, update)
+        update.assigned = [assigned[i] for i in range(len(observations))]
         return update
 
     def close_all(self) -> list[Track]:
@@ -107,13 +118,14 @@ class CameraTracker:
                 obs.append(o)
         return tracks, obs
 
-    def _start(self, obs: Observation, image: np.ndarray | None, update: TrackUpdate) -> None:
+    def _start(self, obs: Observation, image: np.ndarray | None, update: TrackUpdate) -> Track:
         track = Track(self._next_id, first=obs, last=obs, best=obs, best_image=image)
         self._next_id += 1
         self.tracks.append(track)
         if self.config.min_hits <= 1:
             track.opened = obs
             update.opened.append(track)
+        return track
 
     def _age(self, matched: set[int], update: TrackUpdate) -> None:
         """Unmatched tracks miss a frame; those at ``max_missed`` end (closing if incidents)."""

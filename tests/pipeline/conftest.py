@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pipeline.config import Settings, load_settings
-from tests.pipeline.synthetic import Mark, build_red_model, write_clip
+from tests.pipeline.synthetic import Mark, build_car_model, build_red_model, write_clip
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,6 +26,12 @@ def red_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def car_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The car stage's stand-in: finds the synthetic scene's blue car (classic head, objectness)."""
+    return build_car_model(tmp_path_factory.mktemp("models") / "blue-car.onnx")
+
+
+@pytest.fixture(scope="session")
 def red_model_classic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """classic YOLOv5 layout [B, N, 6] with a fixed batch of 1 (the detector loops)."""
     return build_red_model(tmp_path_factory.mktemp("models") / "red-classic.onnx", layout="classic", dynamic=False)
@@ -37,13 +43,14 @@ def two_mark_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path, red_model: Path) -> Callable[..., Settings]:
+def make_settings(tmp_path: Path, red_model: Path, car_model: Path) -> Callable[..., Settings]:
     """Settings loaded from a real YAML file in tmp_path, with per-test overrides."""
 
     def make(**sections: Any) -> Settings:
         raw: dict[str, Any] = {
             "data_dir": "data",
-            "detector": {"model": str(red_model), "provider": "cpu", "threads": 1},
+            "detector": {"model": str(red_model), "provider": "cpu", "threads": 1,
+                         "car_gate": "strict", "cars": {"model": str(car_model), "inspect_every_s": 0}},
             "tracker": {"min_hits": 3, "max_missed": 5},
         }
         for key, value in sections.items():

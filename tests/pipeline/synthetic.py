@@ -36,11 +36,24 @@ def build_red_model(
     path: Path, *, layout: str = "ultralytics", imgsz: int = 128, cell: int = 8, dynamic: bool = True
 ) -> Path:
     """Write the red-mark model: output [B, 5, N] (ultralytics) or [B, N, 6] (classic)."""
+    return build_colour_model(path, (1.0, -0.5, -0.5), -0.5, "scratch", layout=layout, imgsz=imgsz, cell=cell, dynamic=dynamic)
+
+
+def build_car_model(path: Path, *, imgsz: int = 128) -> Path:
+    """The car stage's stand-in: finds the scene's blue car, classic head with objectness, class 'car'."""
+    return build_colour_model(path, (-0.5, -0.5, 1.0), -0.2, "car", layout="classic", imgsz=imgsz)
+
+
+def build_colour_model(
+    path: Path, rgb_weights: tuple[float, float, float], bias: float, name: str, *, layout: str = "ultralytics",
+    imgsz: int = 128, cell: int = 8, dynamic: bool = True,
+) -> Path:
+    """A one-class detector of one colour (pixel score = weights . RGB + bias, clipped at 0)."""
     batch = "batch" if dynamic else 1
     coords = np.arange(imgsz, dtype=np.float32) + 0.5
     inits = [
-        numpy_helper.from_array(np.array([1.0, -0.5, -0.5], np.float32).reshape(1, 3, 1, 1), "redness_w"),
-        numpy_helper.from_array(np.array([-0.5], np.float32), "redness_b"),
+        numpy_helper.from_array(np.array(rgb_weights, np.float32).reshape(1, 3, 1, 1), "redness_w"),
+        numpy_helper.from_array(np.array([bias], np.float32), "redness_b"),
         numpy_helper.from_array(np.tile(coords, (imgsz, 1)).reshape(1, 1, imgsz, imgsz), "xs"),
         numpy_helper.from_array(np.tile(coords[:, None], (1, imgsz)).reshape(1, 1, imgsz, imgsz), "ys"),
         numpy_helper.from_array(np.array([2, 3], np.int64), "hw_axes"),
@@ -84,7 +97,7 @@ def build_red_model(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    for key, value in {"names": "{0: 'scratch'}", "imgsz": f"[{imgsz}, {imgsz}]", "stride": str(cell)}.items():
+    for key, value in {"names": f"{{0: '{name}'}}", "imgsz": f"[{imgsz}, {imgsz}]", "stride": str(cell)}.items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 import zmq
 
+from pipeline.car_gate import CarGatedDetector
+from pipeline.cars import CarDetector
+from pipeline.config import CarStageConfig
 from pipeline.detector import Detector
 from pipeline.inference import InferenceStage, newest_live_only
 from pipeline.messages import Detections, EosHeader, Frame, FrameHeader, StopHeader, decode, encode_control, encode_frame, now_ns
@@ -27,14 +30,16 @@ class Harness:
     a test can queue messages before the stage starts without sleeping; results go over ipc.
     """
 
-    def __init__(self, tmp: Path, model: Path, hwm: int = 100) -> None:
+    def __init__(self, tmp: Path, model: Path, car_model: Path, hwm: int = 100) -> None:
         self.ctx = zmq.Context()
         frames = f"inproc://frames-{id(self)}"
         self.frames_in = pull_socket(self.ctx, frames, hwm)
         self.sender = push_socket(self.ctx, frames, hwm)
         self.results = pull_socket(self.ctx, f"ipc://{tmp}/d.sock", hwm)
         out = push_socket(self.ctx, f"ipc://{tmp}/d.sock", hwm)
-        self.stage = InferenceStage(Detector(model, provider="cpu"), Receiver(self.frames_in, 0.0, "test"), out, max_batch=4)
+        cars = CarDetector(CarStageConfig(model=car_model), provider="cpu")
+        detector = CarGatedDetector(Detector(model, provider="cpu"), cars, "strict", max_batch=4)
+        self.stage = InferenceStage(detector, Receiver(self.frames_in, 0.0, "test"), out, max_batch=4)
 
     def frame(self, camera: str, seq: int, kind: str = "replay", marked: bool = True) -> list:
         img = scene(seq, [MARK] if marked else [])
@@ -63,8 +68,8 @@ class Harness:
 
 
 @pytest.fixture
-def harness(tmp_path: Path, red_model: Path) -> Iterator[Harness]:
-    h = Harness(tmp_path, red_model)
+def harness(tmp_path: Path, red_model: Path, car_model: Path) -> Iterator[Harness]:
+    h = Harness(tmp_path, red_model, car_model)
     yield h
     h.close()
 

@@ -58,18 +58,20 @@ def test_frame_round_trip_is_a_view_on_the_received_buffer() -> None:
 
 
 def test_detections_carry_the_frame_only_when_there_are_boxes() -> None:
-    boxes = np.array([[1, 2, 3, 4, 0.9, 0]], np.float32)
-    parts = encode_detections(header(), boxes, image(), model_name="m.onnx", model_sha256="ab")
+    boxes = np.array([[1, 2, 3, 4, 0.9, 0, 0, 0, 10, 10, 0.8, 7]], np.float32)  # damage, then its car (track 7)
+    parts = encode_detections(header(), boxes, image(), model_name="m.onnx", model_sha256="ab", cars=2, inferences=2)
     assert len(parts) == 3
     message = decode(over_zmq(parts))
     assert isinstance(message, Detections)
     np.testing.assert_array_equal(message.boxes, boxes)
+    bare = decode(over_zmq(encode_detections(header(), boxes[:, :6], image())))  # no car stage: car columns are -1
+    np.testing.assert_array_equal(bare.boxes, np.concatenate([boxes[:, :6], np.full((1, 6), -1, np.float32)], axis=1))
     np.testing.assert_array_equal(message.image, image())
     assert (message.model_name, message.model_sha256) == ("m.onnx", "ab")
     empty = encode_detections(header(), np.zeros((0, 6), np.float32), image())
     assert len(empty) == 2
     decoded = decode(over_zmq(empty))
-    assert decoded.image is None and decoded.boxes.shape == (0, 6)
+    assert decoded.image is None and decoded.boxes.shape == (0, 12)
 
 
 def test_control_messages_round_trip() -> None:

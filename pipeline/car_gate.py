@@ -1,0 +1,197 @@
+"""Damage looked for on cars: car stage -> crops -> damage model -> boxes back on the frame.
+
+Why crops: a whole 768x432 frame letterboxed to the damage model's 480 px shrinks a car's
+scratch to a few pixels, and lets the model fire on bay lines and asphalt. Cropping each car
+(with a margin) from the *full-resolution* frame gives damage many more pixels, and a damage box
+must lie on a car (its centre on the car box), which silences everything that is not a car.
+
+The gate is a per-source policy (``detector.car_gate``): ``strict`` (cameras: no car, no damage
+looked for), ``photo`` (a frame without a found car counts as one car filling it, so close-ups
+of a door still work) and ``off`` (the whole frame, the old behaviour).
+
+On cameras, :class:`InspectionScheduler` tracks cars and spends damage inferences on new or
+moved cars first; a parked car is re-inspected every ``inspect_every_s`` and, in between, its
+last inspection's damage boxes stand for it, so incidents stay continuous.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.cars import CarDetector, centres_inside, crop_to_frame
+from pipeline.config import CarGate, DetectorConfig, TrackerConfig
+from pipeline.detector import Detector, nms_keep
+from pipeline.geometry import box_iou, margin_window
+from pipeline.messages import FrameHeader
+from pipeline.tracker import CameraTracker, Track
+
+DET_COLUMNS = 6
+"""x1 y1 x2 y2 score cls of a damage box."""
+ROW_COLUMNS = 12
+"""A damage box, then its car: x1 y1 x2 y2 score track (all -1 when it lies on no found car)."""
+NO_CAR = np.full(6, -1.0, dtype=np.float32)
+MOVED_IOU = 0.8
+"""A tracked car whose box overlaps its last inspected box less than this has moved."""
+CAR_TRACKING = TrackerConfig(iou_threshold=0.3, min_hits=1, max_missed=5)
+
+
+@dataclass
+class FrameResult:
+    """What one frame yields: damage rows (N, 12) and the cars (K, 6: box, score, track)."""
+
+    rows: np.ndarray
+    cars: np.ndarray
+    inferences: int = 0
+    """Damage-model inputs (crops or whole frames) run for this frame."""
+
+
+@dataclass
+class _Plan:
+    """For one frame: the cars, which to inspect, and held boxes standing for the others."""
+
+    cars: np.ndarray
+    inspect: list[int]
+    held: list[Track] = field(default_factory=list)
+    """Tracked cars not inspected in this frame: their latest inspection's boxes stand for them."""
+    tracks: list[Track] | None = None
+    """The car tracks (scheduled cameras only), aligned with ``cars``."""
+
+
+class InspectionScheduler:
+    """Per camera: track cars; a car is due when new, moved, or not inspected for ``every_s``."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self.trackers: dict[str, CameraTracker] = {}
+
+    def plan(self, header: FrameHeader, cars: np.ndarray) -> _Plan:
+        tracker = self.trackers.get(header.camera)
+        if tracker is None:
+            tracker = self.trackers[header.camera] = CameraTracker(CAR_TRACKING)
+        dets = np.concatenate([cars[:, :5], np.zeros((len(cars), 1), np.float32)], axis=1)
+        tracks = tracker.update(dets, header, None).assigned
+        ids = np.array([[t.track_id] for t in tracks], np.float32).reshape(-1, 1)
+        plan = _Plan(np.concatenate([cars[:, :5], ids], axis=1), [], tracks=tracks)
+        now = frame_time(header)
+        for index, track in enumerate(tracks):
+            if self._due(track.state, cars[index], now):
+                track.state.update(inspected_at=now, inspected_box=cars[index, :4].copy(), held=None)
+                plan.inspect.append(index)
+            else:
+                plan.held.append(track)
+        return plan
+
+    @staticmethod
+    def remember(track: Track, rows: np.ndarray) -> None:
+        """The damage found on an inspected car, standing for it until its next inspection."""
+        track.state["held"] = rows
+
+    def _due(self, state: dict, car: np.ndarray, now: float) -> bool:
+        if "inspected_at" not in state or now - float(state["inspected_at"]) >= self.every_s:
+            return True
+        return float(box_iou(car[None, :4], np.asarray(state["inspected_box"])[None])[0, 0]) < MOVED_IOU
+
+
+def frame_time(header: FrameHeader) -> float:
+    """Seconds on the source's own clock: media time for files, capture time for live cameras."""
+    return header.media_time_s if header.media_time_s is not None else header.captured_ns / 1e9
+
+
+class CarGatedDetector:
+    """The daemon's and ``detect``'s detection path: one object, three gate policies."""
+
+    def __init__(
+        self, damage: Detector, cars: CarDetector | None, gate: CarGate, *, margin: float = 0.08,
+        max_batch: int = 4, inspect_every_s: float = 0.0,
+    ) -> None:
+        if gate != "off" and cars is None:
+            raise ValueError(f"car gate {gate!r} needs a car stage")
+        self.damage, self.cars, self.gate = damage, cars, gate
+        self.margin, self.max_batch = margin, max_batch
+        self.scheduler = InspectionScheduler(inspect_every_s) if inspect_every_s > 0 else None
+
+    @property
+    def name(self) -> str:
+        return self.damage.name
+
+    def detect(self, frames: list[np.ndarray], headers: list[FrameHeader] | None = None) -> list[FrameResult]:
+        """Damage rows and cars per frame; ``headers`` (cameras) turn on the inspection scheduler."""
+        if not frames:
+            return []
+        if self.gate == "off":
+            return [self._whole_frame(dets) for dets in self._chunked(self.damage.detect, frames)]
+        found = self._chunked(self.cars.detect, frames)
+        plans = [self._plan(i, frame, found[i], headers) for i, frame in enumerate(frames)]
+        crops, owners = self._crops(frames, plans)
+        crop_dets = self._chunked(self.damage.detect, [c for c, _ in crops])
+        return self._assemble(plans, crops, owners, crop_dets)
+
+    def _plan(self, index: int, frame: np.ndarray, cars: np.ndarray, headers: list[FrameHeader] | None) -> _Plan:
+        height, width = frame.shape[:2]
+        if not len(cars) and self.gate == "photo":  # a close-up: the whole photo is the car
+            return _Plan(np.array([[0, 0, width, height, 0, -1]], np.float32), [0])
+        if self.scheduler is not None and headers is not None:
+            return self.scheduler.plan(headers[index], cars)
+        with_track = np.concatenate([cars[:, :5], np.full((len(cars), 1), -1, np.float32)], axis=1)
+        return _Plan(with_track, list(range(len(cars))))
+
+    def _crops(self, frames: list[np.ndarray], plans: list[_Plan]):
+        crops, owners = [], []
+        for frame_index, (frame, plan) in enumerate(zip(frames, plans)):
+            height, width = frame.shape[:2]
+            for car_index in plan.inspect:
+                window = margin_window(plan.cars[car_index], self.margin, width, height)
+                crops.append((frame[window[1] : window[3], window[0] : window[2]], window))
+                owners.append((frame_index, car_index))
+        return crops, owners
+
+    def _assemble(self, plans, crops, owners, crop_dets) -> list[FrameResult]:
+        found: list[list[np.ndarray]] = [[] for _ in plans]
+        inferences = [0] * len(plans)
+        for (frame_index, car_index), (_, window), dets in zip(owners, crops, crop_dets):
+            plan = plans[frame_index]
+            inferences[frame_index] += 1
+            car = plan.cars[car_index]
+            on_car = crop_to_frame(dets, window)
+            on_car = on_car[centres_inside(on_car, car)]
+            rows = np.concatenate([on_car[:, :DET_COLUMNS], np.repeat(car[None], len(on_car), 0)], axis=1)
+            if plan.tracks is not None:
+                InspectionScheduler.remember(plan.tracks[car_index], rows)
+            found[frame_index].append(rows)
+        for plan, rows in zip(plans, found):  # after every inspection of the batch: a car inspected in frame k holds in k+1
+            rows.extend(track.state["held"] for track in plan.held if track.state.get("held") is not None)
+        return [
+            FrameResult(_merge(rows, self.damage.iou_threshold), plan.cars, inferences[i]) for i, (plan, rows) in enumerate(zip(plans, found))
+        ]
+
+    def _whole_frame(self, dets: np.ndarray) -> FrameResult:
+        rows = np.concatenate([dets[:, :DET_COLUMNS], np.tile(NO_CAR, (len(dets), 1))], axis=1)
+        return FrameResult(rows.astype(np.float32), np.zeros((0, 6), np.float32), 1)
+
+    def _chunked(self, run, images: list[np.ndarray]) -> list[np.ndarray]:
+        """One model call per ``max_batch`` images: a frame with 50 cars runs in chunks."""
+        out: list[np.ndarray] = []
+        for start in range(0, len(images), self.max_batch):
+            out.extend(run(images[start : start + self.max_batch]))
+        return out
+
+
+def _merge(parts: list[np.ndarray], iou_threshold: float) -> np.ndarray:
+    """One frame's damage rows from overlapping crops: NMS keeps the best of duplicates."""
+    rows = np.concatenate(parts, axis=0) if parts else np.zeros((0, ROW_COLUMNS), np.float32)
+    if len(rows) > 1:
+        rows = rows[nms_keep(rows, iou_threshold)]
+    return rows.astype(np.float32, copy=False).reshape(-1, ROW_COLUMNS)
+
+
+def build_detector(config: DetectorConfig, gate: CarGate | None = None, conf_threshold: float | None = None) -> CarGatedDetector:
+    """The configured detection path; ``gate``/``conf_threshold`` override the config (``detect``, ``evaluate``)."""
+    gate = gate or config.car_gate
+    threshold = config.conf_threshold if conf_threshold is None else conf_threshold
+    damage = Detector(config.model, config.provider, threshold, config.iou_threshold, config.threads)
+    cars = None if gate == "off" else CarDetector(config.cars, config.provider, config.threads)
+    return CarGatedDetector(
+        damage, cars, gate, margin=config.cars.margin, max_batch=config.max_batch, inspect_every_s=config.cars.inspect_every_s
+    )

@@ -1,0 +1,104 @@
+"""The car stage: find the vehicles in a frame, so damage is looked for on cars, not on asphalt.
+
+The model is COCO YOLOv5n with its classic anchor-based head (``export/car_model.py``). Its
+class scores fail on overhead lot views (a car seen from above is a "cell phone" or a
+"suitcase" to COCO), while its objectness finds those cars well; so by default a car is any
+object box, class-agnostic, that is not a person and not smaller than a size prior.
+``scoring: class`` uses the best vehicle class instead (street-level cameras, or a model
+without objectness).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.config import CarStageConfig
+from pipeline.detector import Detector, candidates, nms
+
+VEHICLE_CLASSES = ("car", "truck", "bus", "motorcycle")
+NOT_VEHICLES = ("person",)
+CAR_COLUMNS = 5
+"""x1 y1 x2 y2 score, frame pixels."""
+
+
+class CarModelError(ValueError):
+    """The car model's output matches neither YOLO head, or it cannot score vehicles."""
+
+
+class CarDetector:
+    """A vehicle detector on ONNX Runtime that returns (K, 5) car boxes per frame."""
+
+    def __init__(self, config: CarStageConfig, provider: str = "auto", threads: int | None = None) -> None:
+        self.config = config
+        self.detector = Detector(config.model, provider, config.conf_threshold, config.iou_threshold, threads)
+        names = self.detector.names
+        self.vehicle_ids = np.array([i for i, name in names.items() if name in VEHICLE_CLASSES], dtype=np.int64)
+        self.excluded_ids = np.array([i for i, name in names.items() if name in NOT_VEHICLES], dtype=np.int64)
+        self.classic = self._check_output()
+        if config.scoring == "objectness" and not self.classic:
+            raise CarModelError(f"car model {config.model}: scoring 'objectness' needs the classic head [B, N, 5+nc]; use scoring: class")
+        if config.scoring == "class" and not len(self.vehicle_ids):
+            raise CarModelError(f"car model {config.model}: no class named {' / '.join(VEHICLE_CLASSES)} in its metadata")
+
+    @property
+    def name(self) -> str:
+        return self.detector.name
+
+    def detect(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        """Per frame an (K, 5) float32 array of car boxes: x1 y1 x2 y2 score, frame pixels."""
+        if not frames:
+            return []
+        batch, letterboxes = self.detector.preprocess(frames)
+        raw = self.detector.run(batch)
+        out = []
+        for box, image_raw in zip(letterboxes, raw):
+            rows = self.score_rows(image_raw)
+            dets = nms(candidates(rows, self.config.conf_threshold), self.config.iou_threshold)
+            out.append(self._size_prior(box.to_frame(dets)[:, :CAR_COLUMNS], box.width, box.height))
+        return out
+
+    def score_rows(self, raw: np.ndarray) -> np.ndarray:
+        """One image's raw output -> (N, 5) rows of cx cy w h car-score."""
+        rows = raw if self.classic else raw.T
+        classes = rows[:, 5:] if self.classic else rows[:, 4:]
+        if self.config.scoring == "objectness":
+            score = rows[:, 4].copy()
+            if len(self.excluded_ids):  # a pedestrian is an object too, but never a car
+                best = classes.argmax(axis=1)
+                score[np.isin(best, self.excluded_ids)] = 0.0
+        else:
+            vehicle = classes[:, self.vehicle_ids].max(axis=1)
+            score = rows[:, 4] * vehicle if self.classic else vehicle
+        return np.concatenate([rows[:, :4], score[:, None]], axis=1)
+
+    def _size_prior(self, cars: np.ndarray, width: int, height: int) -> np.ndarray:
+        longer = np.maximum(cars[:, 2] - cars[:, 0], cars[:, 3] - cars[:, 1])
+        return cars[longer >= self.config.min_side * max(width, height)].astype(np.float32, copy=False)
+
+    def _check_output(self) -> bool:
+        """Run one blank frame: a model whose output fits neither head fails here, at start."""
+        height, width = self.detector.imgsz
+        raw = self.detector.run(np.zeros((1, 3, height, width), dtype=np.float32))
+        nc = len(self.detector.names)
+        if raw.ndim == 3 and raw.shape[2] == 5 + nc:
+            return True
+        if raw.ndim == 3 and raw.shape[1] == 4 + nc:
+            return False
+        raise CarModelError(
+            f"car model {self.detector.model_path}: output {list(raw.shape)} matches neither YOLO head for {nc} classes "
+            f"([B, N, {5 + nc}] classic or [B, {4 + nc}, N] YOLOv5u)"
+        )
+
+
+def crop_to_frame(dets: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
+    """Boxes in crop pixels -> a copy in frame pixels (the crop's offset added back)."""
+    out = dets.copy()
+    out[:, 0:4:2] += window[0]
+    out[:, 1:4:2] += window[1]
+    return out
+
+
+def centres_inside(dets: np.ndarray, car: np.ndarray) -> np.ndarray:
+    """Which damage boxes have their centre on the car box: the gate's rule for 'lies on a car'."""
+    cx, cy = (dets[:, 0] + dets[:, 2]) / 2, (dets[:, 1] + dets[:, 3]) / 2
+    return (cx >= car[0]) & (cx <= car[2]) & (cy >= car[1]) & (cy <= car[3])
