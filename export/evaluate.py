@@ -1,7 +1,9 @@
-"""Evaluate an ONNX model through the pipeline's own detector code, not ultralytics' validator.
+"""Evaluate an ONNX model through the pipeline's own detection path, not ultralytics' validator.
 
-What ships is the ONNX file behind ``pipeline.detector.Detector``; scoring anything else (the
-PyTorch checkpoint, ultralytics' letterbox and NMS) would measure a model nobody runs.
+What ships is the ONNX file behind ``pipeline.car_gate.CarGatedDetector`` (car stage, crops,
+damage model, NMS), exactly as ``scratchwatch detect`` runs it; scoring anything else (the
+PyTorch checkpoint, ultralytics' letterbox and NMS) would measure a model nobody runs. Photos
+are scored with the ``photo`` gate and, for comparison, with the gate ``off`` (whole images).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def detections_for(detector, images: list[np.ndarray], progress: bool = False) -
     out: list[np.ndarray] = []
     steps = range(0, len(images), BATCH)
     for start in track(steps, description="detecting", disable=not progress):
-        out.extend(d[:, :5] for d in detector.detect(images[start : start + BATCH]))
+        out.extend(r.rows[:, :5] for r in detector.detect(images[start : start + BATCH]))
     return out
 
 
@@ -69,16 +71,28 @@ def score(images: list[tuple[Path, np.ndarray, np.ndarray]], detections: list[np
     return ev
 
 
-def evaluate_model(
-    model: Path, data: Path, split: str = "test", provider: str = "auto", progress: bool = True
-) -> tuple[Evaluation, list]:
-    from pipeline.detector import Detector
+def eval_detector(model: Path, provider: str, gate: str, base=None):
+    """The configured detection path (car stage from ``base``, default: the config file) with ``model``
+    as its damage model, at the evaluation's own conf and IoU."""
+    from pipeline.car_gate import build_detector
+    from pipeline.config import load_settings
 
-    detector = Detector(model, provider=provider, conf_threshold=EVAL_CONF, iou_threshold=EVAL_IOU)
+    base = base or load_settings().detector
+    config = base.model_copy(update={"model": model, "provider": provider, "iou_threshold": EVAL_IOU, "max_batch": BATCH})
+    return build_detector(config, gate, EVAL_CONF)
+
+
+def evaluate_model(
+    model: Path, data: Path, split: str = "test", provider: str = "auto", progress: bool = True,
+    gate: str = "photo", base=None,
+) -> tuple[Evaluation, list, list[np.ndarray]]:
+    """The evaluation, the (path, image, truth) rows and the detections per image."""
+    detector = eval_detector(model, provider, gate, base)
     images = load_images(data, split)
     if not images:
         raise DatasetError(f"{data}: the '{split}' split has no decodable images")
-    return score(images, detections_for(detector, [im for _, im, _ in images], progress)), images
+    detections = detections_for(detector, [im for _, im, _ in images], progress)
+    return score(images, detections), images, detections
 
 
 def plot_pr_curve(ev: Evaluation, path: Path, title: str, shipped_threshold: float | None = None) -> None:
@@ -130,17 +144,33 @@ def model_threshold(model: Path) -> float | None:
     return float(meta[THRESHOLD_KEY]) if THRESHOLD_KEY in meta else None
 
 
-def replay_clips(model: Path, threshold: float, clips: list[Path], work_dir: Path) -> dict[str, dict]:
+def background_alarms(ev_images: list, detections: list[np.ndarray], threshold: float) -> dict[str, dict]:
+    """Per source, photos without any labelled damage and the detections on them at ``threshold``
+    (undamaged cars, lot frames): the false-alarm rate on photos, per 50 photos."""
+    from collections import Counter
+
+    photos: Counter[str] = Counter()
+    alarms: Counter[str] = Counter()
+    for (path, _, truth), dets in zip(ev_images, detections):
+        if len(truth) == 0:
+            photos[source_of(path)] += 1
+            alarms[source_of(path)] += int(np.sum(dets[:, 4] >= threshold))
+    return {name: {"photos": n, "false_detections": alarms[name], "per_50_photos": round(50 * alarms[name] / n, 2)}
+            for name, n in sorted(photos.items())}
+
+
+def replay_clips(model: Path, threshold: float, clips: list[Path], work_dir: Path, base=None) -> dict[str, dict]:
     """Replay clean clips through the real pipeline at ``threshold``; every incident is a false alarm."""
     from pipeline.config import load_settings
     from pipeline.runner import replay_files
 
-    base = load_settings()
-    settings = base.model_copy(
+    settings = load_settings()
+    detector = base or settings.detector
+    settings = settings.model_copy(
         update={
             "data_dir": work_dir,
-            "detector": base.detector.model_copy(update={"model": model.resolve(), "conf_threshold": threshold}),
-            "database": base.database.model_copy(update={"url": None}),
+            "detector": detector.model_copy(update={"model": model.resolve(), "conf_threshold": threshold}),
+            "database": settings.database.model_copy(update={"url": None}),
         }
     )
     report = replay_files(settings, clips, progress=True)
@@ -165,29 +195,38 @@ def run_evaluation(
     out_dir: Path,
     provider: str = "auto",
     sweep: list[float] | None = None,
+    base=None,
 ) -> EvalReport:
-    """Metrics, PR curve and false alarms on clean clips, written to ``out_dir``.
+    """Metrics (photo gate, and gate off), PR curve and false alarms on clean clips, in ``out_dir``.
 
     ``sweep`` replays the clips once per threshold too, which is how the shipped threshold is
-    chosen: the lowest one that raises no false alarm, with a margin.
+    chosen: the lowest one that raises no false alarm, with a margin. ``base`` is the detector
+    config whose car stage is used (default: the config file's).
     """
     import tempfile
 
     if sweep and not clips:
         raise ValueError("a threshold sweep counts false alarms on clean clips: give --clips")
-    ev, _ = evaluate_model(model, data, split, provider)
+    ev, images, found = evaluate_model(model, data, split, provider, gate="photo", base=base)
     threshold = threshold if threshold is not None else (model_threshold(model) or ev.best_threshold)
+    whole, _, found_whole = evaluate_model(model, data, split, provider, progress=False, gate="off", base=base)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot_pr_curve(ev, out_dir / "pr_curve.png", f"{model.name} on {split}", threshold)
-    report = EvalReport(str(model), str(data), split, {**ev.as_dict(), "shipped": at_threshold(ev, threshold)})
+    plot_pr_curve(ev, out_dir / "pr_curve.png", f"{model.name} on {split} (photo car gate)", threshold)
+    plot_pr_curve(whole, out_dir / "pr_curve_no_car_gate.png", f"{model.name} on {split} (whole images)", threshold)
+    metrics = {**ev.as_dict(), "shipped": at_threshold(ev, threshold), "gate": "photo",
+               "background": background_alarms(images, found, threshold),
+               "no_car_gate": {**whole.as_dict(), "shipped": at_threshold(whole, threshold),
+                               "background": background_alarms(images, found_whole, threshold)}}
+    report = EvalReport(str(model), str(data), split, metrics)
     if clips:
         with tempfile.TemporaryDirectory(prefix="scratchwatch-eval-") as work:
-            report.clips = replay_clips(model, threshold, list(clips), Path(work))
+            report.clips = replay_clips(model, threshold, list(clips), Path(work), base)
             report.sweep = [
                 _sweep_row(ev, t, report.clips if t == threshold else
-                           replay_clips(model, t, list(clips), Path(work) / f"sweep-{t}"))
+                           replay_clips(model, t, list(clips), Path(work) / f"sweep-{t}", base))
                 for t in sweep or []
             ]
-    report.outputs = {"pr_curve": str(out_dir / "pr_curve.png"), "report": str(out_dir / "metrics.json")}
+    report.outputs = {"pr_curve": str(out_dir / "pr_curve.png"), "pr_curve_no_car_gate": str(out_dir / "pr_curve_no_car_gate.png"),
+                      "report": str(out_dir / "metrics.json")}
     write_report(report, out_dir)
     return report

@@ -164,8 +164,8 @@ def export_model(
     if not report.ok:
         staging.unlink()
         raise RuntimeError(f"ONNX parity failed for {out}: {report.as_dict()}")
-    val_ev, _ = evaluate_model(staging, data, threshold_split, provider="cpu", progress=False)
-    test_ev, _ = evaluate_model(staging, data, "test", provider="cpu", progress=False)
+    val_ev, _, _ = evaluate_model(staging, data, threshold_split, provider="cpu", progress=False)
+    test_ev, _, _ = evaluate_model(staging, data, "test", provider="cpu", progress=False)
     threshold = round(val_ev.best_threshold if threshold is None else threshold, 3)
     metrics = {
         "split": "test", **test_ev.as_dict(), "shipped": at_threshold(test_ev, threshold),

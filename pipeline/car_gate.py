@@ -57,6 +57,8 @@ class _Plan:
     """Tracked cars not inspected in this frame: their latest inspection's boxes stand for them."""
     tracks: list[Track] | None = None
     """The car tracks (scheduled cameras only), aligned with ``cars``."""
+    whole_frame: bool = False
+    """The photo gate found no car: the frame itself stands in for one (not reported as a car)."""
 
 
 class InspectionScheduler:
@@ -131,7 +133,7 @@ class CarGatedDetector:
     def _plan(self, index: int, frame: np.ndarray, cars: np.ndarray, headers: list[FrameHeader] | None) -> _Plan:
         height, width = frame.shape[:2]
         if not len(cars) and self.gate == "photo":  # a close-up: the whole photo is the car
-            return _Plan(np.array([[0, 0, width, height, 0, -1]], np.float32), [0])
+            return _Plan(np.array([[0, 0, width, height, 0, -1]], np.float32), [0], whole_frame=True)
         if self.scheduler is not None and headers is not None:
             return self.scheduler.plan(headers[index], cars)
         with_track = np.concatenate([cars[:, :5], np.full((len(cars), 1), -1, np.float32)], axis=1)
@@ -156,14 +158,16 @@ class CarGatedDetector:
             car = plan.cars[car_index]
             on_car = crop_to_frame(dets, window)
             on_car = on_car[centres_inside(on_car, car)]
-            rows = np.concatenate([on_car[:, :DET_COLUMNS], np.repeat(car[None], len(on_car), 0)], axis=1)
+            car_columns = NO_CAR if plan.whole_frame else car
+            rows = np.concatenate([on_car[:, :DET_COLUMNS], np.repeat(car_columns[None], len(on_car), 0)], axis=1)
             if plan.tracks is not None:
                 InspectionScheduler.remember(plan.tracks[car_index], rows)
             found[frame_index].append(rows)
         for plan, rows in zip(plans, found):  # after every inspection of the batch: a car inspected in frame k holds in k+1
             rows.extend(track.state["held"] for track in plan.held if track.state.get("held") is not None)
         return [
-            FrameResult(_merge(rows, self.damage.iou_threshold), plan.cars, inferences[i]) for i, (plan, rows) in enumerate(zip(plans, found))
+            FrameResult(_merge(rows, self.damage.iou_threshold), plan.cars[:0] if plan.whole_frame else plan.cars, inferences[i])
+            for i, (plan, rows) in enumerate(zip(plans, found))
         ]
 
     def _whole_frame(self, dets: np.ndarray) -> FrameResult:

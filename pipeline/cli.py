@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--no-progress", action="store_true", help="no progress bars (logs and summary only)")
     replay.set_defaults(func=cmd_replay)
 
+    from app.detect import register as register_detect
+
+    register_detect(sub)
     _add_incidents(sub)
     _add_training(sub)
     return parser

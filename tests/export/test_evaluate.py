@@ -12,7 +12,8 @@ import pytest
 from export.dataset import build_dataset
 from export.evaluate import run_evaluation
 from tests.export.conftest import photo, write_label
-from tests.pipeline.synthetic import RED_BGR, Mark, build_red_model, write_clip
+from pipeline.config import DetectorConfig
+from tests.pipeline.synthetic import RED_BGR, Mark, build_car_model, build_red_model, write_clip
 
 SIZE = (200, 160)  # w, h
 MARK = (60, 70, 50, 12)  # x, y, w, h in pixels
@@ -42,14 +43,16 @@ def test_evaluate_scores_by_source_replays_clips_and_sweeps(tmp_path: Path) -> N
     marked = write_clip(tmp_path / "clips" / "marked.avi", 12, [Mark(0, 12, (100, 100, 40, 10))])
 
     out = tmp_path / "eval"
+    base = DetectorConfig(cars={"model": build_car_model(tmp_path / "car.onnx"), "inspect_every_s": 0})  # finds the clips' blue car
     report = run_evaluation(model, data, threshold=0.5, clips=[clean, marked], out_dir=out, provider="cpu",
-                            sweep=[0.3, 0.5, 0.6])  # 0.5 reuses the replay at the shipped threshold
+                            sweep=[0.3, 0.5, 0.6], base=base)  # 0.5 reuses the replay at the shipped threshold
 
     metrics = report.metrics
     assert (metrics["images"], metrics["ground_truth_boxes"]) == (8, 8)
     assert metrics["by_source"]["alpha"]["mAP50"] > 0.9  # the mark is found where alpha says it is
     assert metrics["by_source"]["beta"]["mAP50"] == 0.0  # beta's boxes mark bare spots
     assert 0.3 < metrics["mAP50"] < 0.9 and metrics["shipped"]["threshold"] == 0.5
+    assert metrics["gate"] == "photo" and metrics["no_car_gate"]["by_source"]["alpha"]["mAP50"] > 0.9  # grey photos: no car
     assert report.clips["clean.avi"]["incidents"] == 0 and report.clips["marked.avi"]["incidents"] == 1
     assert [row["threshold"] for row in report.sweep] == [0.3, 0.5, 0.6]
     for row in report.sweep:
@@ -57,6 +60,7 @@ def test_evaluate_scores_by_source_replays_clips_and_sweeps(tmp_path: Path) -> N
         assert row["recall"] == 0.5  # alpha's four of eight boxes
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["sweep"] == report.sweep and (out / "pr_curve.png").stat().st_size > 0
+    assert (out / "pr_curve_no_car_gate.png").stat().st_size > 0
 
 
 def test_a_sweep_without_clips_is_refused_before_any_work(tmp_path: Path) -> None:

@@ -159,3 +159,50 @@ def write_clip(path: Path, frames: int, marks: list[Mark], *, fps: float = 10.0,
     finally:
         writer.release()
     return path
+
+
+def build_grid_car_model(path: Path, *, imgsz: int = 320, cell: int = 32) -> Path:
+    """A car stage stand-in that finds many cars: each grid cell mostly blue is one car, boxed by the cell.
+
+    Classic head [B, N, 6] with objectness: what a frame with dozens of cars needs to test batching.
+    """
+    n = imgsz // cell
+    centres = (np.arange(n, dtype=np.float32) + 0.5) * cell
+    cx = np.tile(centres, n).reshape(1, n * n, 1)
+    cy = np.repeat(centres, n).reshape(1, n * n, 1)
+    inits = [
+        numpy_helper.from_array(np.array([-0.5, -0.5, 1.0], np.float32).reshape(1, 3, 1, 1), "w"),
+        numpy_helper.from_array(np.array([-0.2], np.float32), "b"),
+        numpy_helper.from_array(np.concatenate([cx, cy, np.full_like(cx, cell), np.full_like(cx, cell)], axis=2), "boxes"),
+        numpy_helper.from_array(np.array([0, -1, 1], np.int64), "flat"),
+        numpy_helper.from_array(np.array(0.1, np.float32), "t"),
+        numpy_helper.from_array(np.array(60.0, np.float32), "k"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["images", "w", "b"], ["rho"]),
+        helper.make_node("Relu", ["rho"], ["mass"]),
+        helper.make_node("AveragePool", ["mass"], ["pooled"], kernel_shape=[cell, cell], strides=[cell, cell]),
+        helper.make_node("Sub", ["pooled", "t"], ["centred"]),
+        helper.make_node("Mul", ["centred", "k"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["obj4"]),
+        helper.make_node("Reshape", ["obj4", "flat"], ["obj"]),  # [B, N, 1], row-major cells like `boxes`
+        helper.make_node("Mul", ["obj", "zero"], ["zeros"]),
+        helper.make_node("Add", ["zeros", "boxes"], ["box_rows"]),  # broadcast the cell boxes over the batch
+        helper.make_node("Exp", ["zeros"], ["cls_prob"]),  # one class, 'car', always
+        helper.make_node("Concat", ["box_rows", "obj", "cls_prob"], ["output0"], axis=2),
+    ]
+    graph = helper.make_graph(
+        nodes, "grid-cars",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, imgsz, imgsz])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", n * n, 6])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in {"names": "{0: 'car'}", "imgsz": f"[{imgsz}, {imgsz}]", "stride": str(cell)}.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

@@ -63,6 +63,12 @@ def test_replay_writes_incidents_with_media_time_box_and_snapshots(make_settings
         w, h = mark.box[2:]
         assert w <= crop.shape[1] <= 2 * w + 2 * BOX_TOLERANCE_PX and h <= crop.shape[0] <= 2 * h + 2 * BOX_TOLERANCE_PX
         assert Path(row.snapshot_path).parent.parent == settings.data_dir / "snapshots" / "replay_lot"
+        car_box = (row.car_x1, row.car_y1, row.car_x2, row.car_y2)  # the scene's blue car (x 40-288, y 45-170)
+        cx, cy = (row.x1 + row.x2) / 2, (row.y1 + row.y2) / 2
+        assert car_box[0] < 45 and car_box[2] > 280 and car_box[0] < cx < car_box[2] and car_box[1] < cy < car_box[3], car_box
+        assert row.car_score > 0.5 and row.car_track_id is None  # inspect_every_s 0: no car tracking
+        car = cv2.imread(row.car_path)
+        assert abs(car.shape[1] - (car_box[2] - car_box[0])) < 0.2 * car.shape[1]  # the whole car, damage drawn on it
     assert not list((settings.data_dir / "snapshots").rglob("*.tmp"))
     assert not list((settings.data_dir / "run").glob("*.sock"))
 

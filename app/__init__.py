@@ -1,0 +1,1 @@
+"""The application shell: commands and servers around the pipeline's stages."""

@@ -1,0 +1,132 @@
+"""The car stage and the car gate with real ONNX models: crops, mapping back, gate, scheduler, batching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+from pipeline.car_gate import CarGatedDetector, InspectionScheduler
+from pipeline.cars import CarDetector, CarModelError, centres_inside, crop_to_frame
+from pipeline.config import CarStageConfig
+from pipeline.detector import Detector
+from pipeline.geometry import margin_window
+from pipeline.messages import FrameHeader
+from tests.pipeline.synthetic import RED_BGR, Mark, build_grid_car_model, scene
+
+CAR_BLUE = (180, 90, 40)  # BGR, the synthetic scene's car body
+ON_CAR = Mark(0, 100, (200, 100, 30, 10))  # the scene's car spans x 40-288, y 45-170
+OFF_CAR = Mark(0, 100, (20, 200, 40, 10))  # on the asphalt below the car
+
+
+def _gated(red_model: Path, car_model: Path, gate: str = "strict", **kwargs) -> CarGatedDetector:
+    cars = CarDetector(CarStageConfig(model=car_model), provider="cpu")
+    return CarGatedDetector(Detector(red_model, provider="cpu"), cars, gate, **kwargs)
+
+
+def _header(seq: int, t: float, camera: str = "cam") -> FrameHeader:
+    return FrameHeader(camera=camera, kind="replay", source="x.mp4", seq=seq, captured_ns=0, media_time_s=t, shape=(240, 320, 3))
+
+
+def test_crop_window_and_mapping_back_are_exact() -> None:
+    car = np.array([100.5, 50.2, 200.0, 120.0, 0.9], np.float32)
+    window = margin_window(car, 0.1, 640, 360)
+    assert window == (90, 43, 210, 127)  # floor/ceil of the box grown by 10 % of 99.5 x 69.8 on each side
+    assert margin_window(np.array([5, 5, 630, 350]), 0.5, 640, 360) == (0, 0, 640, 360)  # clipped to the frame
+    in_crop = np.array([[10, 20, 30, 40, 0.8, 0]], np.float32)
+    np.testing.assert_array_equal(crop_to_frame(in_crop, window), np.array([[100, 63, 120, 83, 0.8, 0]], np.float32))
+    inside = centres_inside(np.array([[100, 60, 120, 80], [0, 0, 20, 20]], np.float32), car)
+    assert inside.tolist() == [True, False]
+
+
+def test_damage_is_found_on_the_car_at_full_resolution(red_model: Path, car_model: Path) -> None:
+    frame = scene(0, [ON_CAR], size=(640, 480))  # a wide frame: the crop gives the mark more pixels
+    [result] = _gated(red_model, car_model).detect([frame])
+    assert len(result.cars) == 1 and result.inferences == 1
+    car = result.cars[0]
+    assert car[0] < 45 and car[2] > 280 and car[1] < 75 and car[3] > 165  # the blue body
+    [row] = result.rows
+    x, y, w, h = ON_CAR.box
+    assert abs(row[0] - x) < 3 and abs(row[1] - y) < 3 and abs(row[2] - (x + w)) < 3 and abs(row[3] - (y + h)) < 3
+    np.testing.assert_array_equal(row[6:11], car[:5])  # the damage row carries its car
+    assert row[11] == -1  # no tracking without the scheduler
+
+
+def test_strict_gate_drops_damage_off_any_car_and_photo_gate_keeps_carless_close_ups(red_model: Path, car_model: Path) -> None:
+    off_car = scene(0, [OFF_CAR])
+    assert len(_gated(red_model, car_model, "off").detect([off_car])[0].rows) == 1  # whole frame: the old behaviour
+    assert len(_gated(red_model, car_model, "strict").detect([off_car])[0].rows) == 0  # asphalt is not a car
+    close_up = np.full((240, 320, 3), (90, 95, 100), np.uint8)  # no car in view: a photo of a door, say
+    cv2.rectangle(close_up, (100, 100), (140, 110), RED_BGR, -1)
+    assert len(_gated(red_model, car_model, "strict").detect([close_up])[0].rows) == 0
+    [photo] = _gated(red_model, car_model, "photo").detect([close_up])
+    assert len(photo.rows) == 1 and len(photo.cars) == 0 and (photo.rows[0, 6:] == -1).all()  # no car reported
+
+
+def test_a_frame_with_fifty_cars_runs_its_crops_in_chunks_of_max_batch(red_model: Path, tmp_path: Path) -> None:
+    frame = np.full((320, 320, 3), (90, 95, 100), np.uint8)
+    for r in range(10):
+        for c in range(10):
+            if (r + c) % 2 == 0:
+                cv2.rectangle(frame, (c * 32 + 2, r * 32 + 2), (c * 32 + 29, r * 32 + 29), CAR_BLUE, -1)
+    cv2.rectangle(frame, (8, 14), (24, 18), RED_BGR, -1)  # damage on the first car only
+    cars = CarDetector(CarStageConfig(model=build_grid_car_model(tmp_path / "grid.onnx"), min_side=0.0, margin=0.0), "cpu")
+    damage = Detector(red_model, provider="cpu")
+    calls: list[int] = []
+    run = damage.run
+    damage.run = lambda batch: calls.append(len(batch)) or run(batch)  # count model calls, run the real model
+    [result] = CarGatedDetector(damage, cars, "strict", margin=0.0, max_batch=4).detect([frame])
+    assert len(result.cars) == 50 and result.inferences == 50
+    assert calls == [4] * 12 + [2]
+    [row] = result.rows
+    assert row[0] < 10 and row[2] > 22 and tuple(row[6:10]) == (0, 0, 32, 32)
+
+
+def test_scheduler_inspects_new_and_moved_cars_at_once_and_every_car_within_the_interval(red_model: Path, car_model: Path) -> None:
+    gated = _gated(red_model, car_model, inspect_every_s=1.0)
+    inspected_at: list[float] = []
+    rows_seen = []
+    for seq in range(35):  # 3.5 s at 10 fps; the car drifts a few pixels (parked: not 'moved')
+        t = seq / 10
+        [result] = gated.detect([scene(seq, [ON_CAR])], [_header(seq, t)])
+        if result.inferences:
+            inspected_at.append(t)
+        rows_seen.append(len(result.rows))
+        assert result.cars[0, 5] == 0  # one car, one track all along
+    assert inspected_at == pytest.approx([0.0, 1.0, 2.0, 3.0])
+    assert rows_seen == [1] * 35  # between inspections the car's last damage stands for it
+    moved = np.roll(scene(0, []), 60, axis=0)  # the car drives 60 px down: IoU with its inspected box < 0.8
+    [result] = gated.detect([moved], [_header(35, 3.6)])
+    assert result.inferences == 1 and len(result.rows) == 0  # re-inspected at once, nothing held
+
+
+def test_scheduler_due_rule() -> None:
+    scheduler = InspectionScheduler(every_s=2.0)
+    box = np.array([10, 10, 110, 60, 0.9], np.float32)
+    plan = scheduler.plan(_header(0, 0.0), box[None])
+    assert plan.inspect == [0]
+    assert scheduler.plan(_header(1, 1.9), box[None]).inspect == []
+    shifted = box + np.array([30, 0, 30, 0, 0], np.float32)  # IoU 0.54: moved
+    assert scheduler.plan(_header(2, 1.95), shifted[None]).inspect == [0]
+    assert scheduler.plan(_header(3, 3.9), shifted[None]).inspect == []
+    assert scheduler.plan(_header(4, 3.95), shifted[None]).inspect == [0]  # 2.0 s after the last inspection
+    other = scheduler.plan(_header(0, 0.5, camera="cam2"), box[None])
+    assert other.inspect == [0] and other.cars[0, 5] == 0  # cameras are tracked apart
+
+
+def test_car_models_that_cannot_score_vehicles_fail_at_start_with_the_file_named(red_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(CarModelError, match=r"red-ultralytics\.onnx: scoring 'objectness' needs the classic head"):
+        CarDetector(CarStageConfig(model=red_model), provider="cpu")
+    with pytest.raises(CarModelError, match="no class named car"):
+        CarDetector(CarStageConfig(model=red_model, scoring="class"), provider="cpu")
+    proto = onnx.load(str(red_model))
+    for prop in proto.metadata_props:
+        if prop.key == "names":
+            prop.value = "{0: 'car', 1: 'truck', 2: 'bus'}"  # three classes, but the output has channels for one
+    bad = tmp_path / "mislabelled.onnx"
+    onnx.save(proto, str(bad))
+    with pytest.raises(CarModelError, match=r"mislabelled\.onnx: output \[1, 5, 256\] matches neither YOLO head"):
+        CarDetector(CarStageConfig(model=bad, scoring="class"), provider="cpu")
