@@ -94,7 +94,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     runs: list[float] = []
     for _ in range(args.runs):  # a clip of a few seconds: one replay is noisy, the median is not
         with tempfile.TemporaryDirectory(prefix="scratchwatch-bench-") as tmp:
-            settings = bench_settings(Path(tmp), args.model, args.threads, args.max_batch)
+            settings = bench_settings(Path(tmp), args.model, args.threads, args.max_batch, car_gate="off")
             report = replay_files(settings, [args.clip], progress=False)
         if not report.ok:
             sys.exit(f"replay failed: {report}")
@@ -165,7 +165,7 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
             clip = write_clip(root / "lot.mp4", count * period + 10, marks, fps=fps, size=(1280, 720))
             model, expected = build_red_model(root / "red.onnx", imgsz=320), count
             what = "synthetic red-mark ONNX model (tests/pipeline/synthetic.py), imgsz 320"
-        settings = bench_settings(root / "data", model, args.threads, 4)
+        settings = bench_settings(root / "data", model, args.threads, 4, car_gate="off")
         settings = settings.model_copy(update={"tracker": settings.tracker.model_copy(update={"min_hits": 3, "max_missed": 5})})
         spec = SourceSpec(camera="lot", source=str(clip), fps=None, realtime=True)  # a camera: real time, every frame
         report = Supervisor(settings, [spec]).run()
