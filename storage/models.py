@@ -28,6 +28,11 @@ SOURCE_KINDS = ("live", "replay")
 
 _KIND_CHECK = "kind IN ('live', 'replay')"
 
+VERDICTS = ("confirmed", "false-alarm")
+"""What a reviewer decided: real damage, or not damage at all."""
+
+_VERDICT_CHECK = "verdict IS NULL OR verdict IN ('confirmed', 'false-alarm')"
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """A timestamp that is always timezone-aware UTC in Python.
@@ -84,9 +89,14 @@ class Incident(Base):
     __tablename__ = "incidents"
     __table_args__ = (
         CheckConstraint(_KIND_CHECK, name="kind"),
-        # `list(camera=..., since=...)` ordered by opened_at, and the same without a camera.
-        Index("ix_incidents_camera_id_opened_at", "camera_id", "opened_at"),
-        Index("ix_incidents_opened_at", "opened_at"),
+        CheckConstraint(_VERDICT_CHECK, name="verdict"),
+        # The list query: one camera (or all) in a time range, newest first, keyset-paginated on
+        # (opened_at, id); other filters (score, kind, state, review) are checked on the rows the
+        # index walk yields, which costs little as long as they do not discard nearly everything.
+        Index("ix_incidents_camera_id_opened_at_id", "camera_id", "opened_at", "id"),
+        Index("ix_incidents_opened_at_id", "opened_at", "id"),
+        # sort=score: highest first, keyset on (best_score, id).
+        Index("ix_incidents_best_score_id", "best_score", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
@@ -108,6 +118,7 @@ class Incident(Base):
     frame_width: Mapped[int]
     frame_height: Mapped[int]
     snapshot_path: Mapped[str | None] = mapped_column(String(2048))
+    """Annotated best frame, relative to the snapshot root (`<data_dir>/snapshots`), like crop_path and car_path."""
     crop_path: Mapped[str | None] = mapped_column(String(2048))
     car_track_id: Mapped[int | None]
     """The car stage's track (per camera) the damage lies on; None without the car stage."""
@@ -119,6 +130,12 @@ class Incident(Base):
     car_score: Mapped[float | None]
     car_path: Mapped[str | None] = mapped_column(String(2048))
     """Snapshot of the whole car with the damage boxes drawn."""
+    verdict: Mapped[str | None] = mapped_column(String(16))
+    """A reviewer's decision (`VERDICTS`); None while unreviewed."""
+    review_note: Mapped[str | None] = mapped_column(String(2000))
+    reviewed_by: Mapped[str | None] = mapped_column(String(255))
+    """Who reviewed: the API's configured user, or the CLI's --by (default: the OS user)."""
+    reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     model_name: Mapped[str] = mapped_column(String(255))
     model_sha256: Mapped[str] = mapped_column(String(64))
     detection_count: Mapped[int]

@@ -6,16 +6,17 @@ can cross threads (IncidentWriter) and processes without sessions or lazy loadin
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Select, case, func, select
+from sqlalchemy import ColumnElement, Engine, Select, case, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
-from storage.models import Camera, Incident
+from storage.models import VERDICTS, Camera, Incident
+from storage.query import MAX_PAGE, SORTS, IncidentQuery, decode_cursor, encode_cursor
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,7 +24,8 @@ class IncidentRecord:
     """One incident as the pipeline produces it and the CLI shows it.
 
     Timestamps must be timezone-aware (any zone; they are stored and returned as UTC).
-    `id` and `recorded_at` are set by the database and ignored by `save`.
+    `id` and `recorded_at` are set by the database, and the review fields by `review`; `save`
+    ignores all of them, so the pipeline re-saving an incident never erases a review.
     `camera_source`/`camera_kind` describe the camera row; None means "same as the
     incident's `source`/`kind`", which is the usual case.
     """
@@ -58,6 +60,10 @@ class IncidentRecord:
     car_path: str | None = None
     camera_source: str | None = None
     camera_kind: str | None = None
+    verdict: str | None = None
+    review_note: str | None = None
+    reviewed_by: str | None = None
+    reviewed_at: datetime | None = None
     recorded_at: datetime | None = None
     id: int | None = None
 
@@ -68,7 +74,7 @@ class IncidentRecord:
 
 
 # Everything the pipeline may change on a later save of the same uid.
-_DB_OWNED = {"id", "uid", "recorded_at"}
+_DB_OWNED = {"id", "uid", "recorded_at", "verdict", "review_note", "reviewed_by", "reviewed_at"}
 _MUTABLE_COLUMNS = [c.key for c in Incident.__table__.columns if c.key not in _DB_OWNED]
 _UPSERT_INSERTS: dict[str, Callable[[Any], Any]] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
@@ -107,20 +113,93 @@ class IncidentRepository:
         kind: str | None = None,
         limit: int | None = None,
         newest_first: bool = True,
+        query: IncidentQuery | None = None,
+        sort: str | None = None,
+        offset: int = 0,
     ) -> list[IncidentRecord]:
-        """Incidents opened in [since, until), optionally of one camera or kind, by opened_at."""
-        stmt = _select_records().where(*_filters(camera, since, until, kind))
-        order = Incident.opened_at.desc(), Incident.id.desc()
-        if not newest_first:
-            order = Incident.opened_at.asc(), Incident.id.asc()
-        with self.engine.connect() as conn:
-            rows = conn.execute(stmt.order_by(*order).limit(limit)).all()
-        return [IncidentRecord(**row._mapping) for row in rows]
+        """Incidents opened in [since, until), optionally of one camera or kind, by opened_at.
 
-    def count(self) -> int:
-        """Number of incidents stored."""
+        `query` carries every other filter (its fields win over the keyword ones); `sort` one of
+        SORTS (default newest, or oldest with newest_first=False). `offset` is for the CLI's
+        small pages; deep pages go through `page()` and its cursor.
+        """
+        query = _merge(query, camera=camera, since=since, until=until, kind=kind)
+        sort = sort or ("newest" if newest_first else "oldest")
+        stmt = _select_records().where(*_filters(query)).order_by(*_order(sort)).limit(limit).offset(offset or None)
         with self.engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(Incident)).scalar_one()
+            return [IncidentRecord(**row._mapping) for row in conn.execute(stmt)]
+
+    def page(
+        self, query: IncidentQuery | None = None, *, sort: str = "newest", limit: int = 50, cursor: str | None = None
+    ) -> Page:
+        """One page of matching incidents and the cursor of the next (None on the last page).
+
+        Keyset pagination: the cursor holds the last row's sort key and id, and the next page
+        starts strictly after it, so page 10,000 costs what page 1 costs (no OFFSET scan) and
+        rows inserted meanwhile never shift a page. Raises CursorError for a foreign cursor.
+        """
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit must be 1..{MAX_PAGE}, got {limit}")
+        conditions = _filters(query or IncidentQuery())
+        if cursor is not None:
+            conditions.append(_after(sort, *decode_cursor(cursor, sort)))
+        stmt = _select_records().where(*conditions).order_by(*_order(sort)).limit(limit + 1)
+        with self.engine.connect() as conn:
+            records = [IncidentRecord(**row._mapping) for row in conn.execute(stmt)]
+        if len(records) <= limit:
+            return Page(records, None)
+        last = records[limit - 1]
+        return Page(records[:limit], encode_cursor(sort, _sort_key(sort, last), last.id))  # type: ignore[arg-type]
+
+    def iterate(self, query: IncidentQuery | None = None, *, sort: str = "newest", batch: int = MAX_PAGE) -> Iterator[IncidentRecord]:
+        """Every matching incident, fetched page by page (exports of any size in bounded memory)."""
+        cursor: str | None = None
+        while True:
+            page = self.page(query, sort=sort, limit=batch, cursor=cursor)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def count(self, query: IncidentQuery | None = None) -> int:
+        """Number of incidents matching `query` (all of them without one)."""
+        stmt = select(func.count()).select_from(Incident)
+        if query is not None:
+            stmt = stmt.where(*_filters(query))
+        with self.engine.connect() as conn:
+            return conn.execute(stmt).scalar_one()
+
+    def review(self, incident_id: int, verdict: str, *, by: str, note: str | None = None) -> IncidentRecord | None:
+        """Record a reviewer's verdict (replacing any earlier one), with who and when (UTC).
+
+        The only write of the query side; returns the updated incident, None if the id is unknown.
+        """
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
+        values = {"verdict": verdict, "review_note": note or None, "reviewed_by": by, "reviewed_at": datetime.now(timezone.utc)}
+        with self.engine.begin() as conn:
+            if conn.execute(update(Incident).where(Incident.id == incident_id).values(**values)).rowcount == 0:
+                return None
+        return self.get(incident_id)
+
+    def cameras(self) -> list[CameraRecord]:
+        """Every camera or replayed file with incidents, most recently seen first."""
+        stmt = select(Camera.id, Camera.source, Camera.kind, Camera.first_seen, Camera.last_seen)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt.order_by(Camera.last_seen.desc(), Camera.id)).all()
+        return [CameraRecord(**row._mapping) for row in rows]
+
+    def stats(self, query: IncidentQuery | None = None) -> list[DayCount]:
+        """Incidents per camera per UTC day (opened_at), by camera then day."""
+        day = _utc_day(self.engine.dialect.name).label("day")
+        stmt = (
+            select(Incident.camera_id.label("camera"), day, func.count().label("incidents"))
+            .where(*_filters(query or IncidentQuery()))
+            .group_by(Incident.camera_id, day)
+            .order_by(Incident.camera_id, day)
+        )
+        with self.engine.connect() as conn:
+            return [DayCount(row.camera, str(row.day), row.incidents) for row in conn.execute(stmt)]
 
     def _camera_upsert(self, record: IncidentRecord) -> Insert:
         """Create the camera row, or widen its first_seen/last_seen to cover this incident."""
@@ -171,16 +250,108 @@ def _select_records() -> Select[Any]:
     ).join(Camera, Incident.camera_id == Camera.id)
 
 
-def _filters(
-    camera: str | None, since: datetime | None, until: datetime | None, kind: str | None
-) -> list[ColumnElement[bool]]:
+@dataclass(frozen=True)
+class Page:
+    """A page of `IncidentRepository.page`: its rows and the cursor of the next page (None: last)."""
+
+    items: list[IncidentRecord]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class CameraRecord:
+    """A camera row: where incidents came from and when it was last seen producing one."""
+
+    id: str
+    source: str
+    kind: str
+    first_seen: datetime
+    last_seen: datetime
+
+
+@dataclass(frozen=True)
+class DayCount:
+    """`incidents stats`: incidents of one camera opened on one UTC day (YYYY-MM-DD)."""
+
+    camera: str
+    day: str
+    incidents: int
+
+
+def _merge(query: IncidentQuery | None, **fields: Any) -> IncidentQuery:
+    """`query` with the legacy keyword filters of `list()` filled in where it has none."""
+    given = {k: v for k, v in fields.items() if v is not None}
+    if query is None:
+        return IncidentQuery(**given)
+    return query.model_copy(update={k: v for k, v in given.items() if getattr(query, k) is None})
+
+
+_SORT_COLUMNS: dict[str, tuple[Any, bool]] = {
+    "newest": (Incident.opened_at, True),
+    "oldest": (Incident.opened_at, False),
+    "score": (Incident.best_score, True),
+}
+assert set(_SORT_COLUMNS) == set(SORTS)
+
+
+def _order(sort: str) -> tuple[Any, Any]:
+    """ORDER BY of a sort: its key, then id as the tiebreak (the same direction, so an index serves both)."""
+    column, descending = _SORT_COLUMNS[sort]
+    return (column.desc(), Incident.id.desc()) if descending else (column.asc(), Incident.id.asc())
+
+
+def _after(sort: str, key: Any, incident_id: int) -> ColumnElement[bool]:
+    """Rows strictly after (key, id) in the sort's order: a row-value comparison the index can seek."""
+    column, descending = _SORT_COLUMNS[sort]
+    row = tuple_(column, Incident.id)
+    return row < tuple_(key, incident_id) if descending else row > tuple_(key, incident_id)
+
+
+def _sort_key(sort: str, record: IncidentRecord) -> Any:
+    return record.best_score if sort == "score" else record.opened_at
+
+
+def _utc_day(dialect: str) -> ColumnElement[Any]:
+    """The UTC date of opened_at: SQLite stores UTC text, PostgreSQL a timestamptz."""
+    if dialect == "sqlite":
+        return func.date(Incident.opened_at)
+    return func.date(func.timezone("UTC", Incident.opened_at))
+
+
+_REVIEW_FILTERS: dict[str, Callable[[], ColumnElement[bool]]] = {
+    "reviewed": lambda: Incident.verdict.is_not(None),
+    "unreviewed": lambda: Incident.verdict.is_(None),
+    "confirmed": lambda: Incident.verdict == "confirmed",
+    "false-alarm": lambda: Incident.verdict == "false-alarm",
+}
+
+
+def _filters(query: IncidentQuery) -> list[ColumnElement[bool]]:
+    """WHERE conditions of a query; every field that is None adds nothing."""
     conditions: list[ColumnElement[bool]] = []
-    if camera is not None:
-        conditions.append(Incident.camera_id == camera)
-    if since is not None:
-        conditions.append(Incident.opened_at >= since)
-    if until is not None:
-        conditions.append(Incident.opened_at < until)
-    if kind is not None:
-        conditions.append(Incident.kind == kind)
+    if query.camera is not None:
+        conditions.append(Incident.camera_id == query.camera)
+    if query.since is not None:
+        conditions.append(Incident.opened_at >= query.since)
+    if query.until is not None:
+        conditions.append(Incident.opened_at < query.until)
+    if query.min_score is not None:
+        conditions.append(Incident.best_score >= query.min_score)
+    if query.max_score is not None:
+        conditions.append(Incident.best_score <= query.max_score)
+    if query.kind is not None:
+        conditions.append(Incident.kind == query.kind)
+    if query.video is not None:
+        conditions.append(_video_filter(query.video))
+    if query.state is not None:
+        conditions.append(Incident.closed_at.is_(None) if query.state == "open" else Incident.closed_at.is_not(None))
+    if query.review is not None:
+        conditions.append(_REVIEW_FILTERS[query.review]())
     return conditions
+
+
+def _video_filter(video: str) -> ColumnElement[bool]:
+    """The source exactly, or, for a bare file name, that file in any folder."""
+    if "/" in video:
+        return Incident.source == video
+    return (Incident.source == video) | Incident.source.endswith("/" + video, autoescape=True)

@@ -66,7 +66,8 @@ def test_migrations_match_models(raw_engine: Engine) -> None:
 def test_declared_names_follow_the_convention() -> None:
     assert _declared_names()["incidents"] == {
         "pk_incidents", "uq_incidents_uid", "fk_incidents_camera_id_cameras", "ck_incidents_kind",
-        "ix_incidents_camera_id_opened_at", "ix_incidents_opened_at",
+        "ck_incidents_verdict", "ix_incidents_camera_id_opened_at_id", "ix_incidents_opened_at_id",
+        "ix_incidents_best_score_id",
     }
 
 
@@ -102,3 +103,30 @@ def test_database_of_the_previous_schema_upgrades_in_place(raw_engine: Engine) -
         assert _schema_diff(conn) == []
         row = conn.execute(text("SELECT uid, x2, car_track_id, car_x1, car_path FROM incidents")).one()
         assert tuple(row) == ("u1", 3, None, None, None)
+
+
+def test_a_0002_database_gets_relative_snapshot_paths_and_no_reviews(raw_engine: Engine) -> None:
+    """Absolute paths written by 0002-era pipelines become relative to the snapshot root."""
+    from sqlalchemy import text
+
+    with raw_engine.begin() as conn:
+        _upgrade(conn, "0002")
+        now = "2026-01-01 00:00:00+00:00"
+        root = "/srv/scratchwatch/data/snapshots"
+        conn.execute(text("INSERT INTO cameras VALUES ('cam', 'x.mp4', 'replay', :t, :t)"), {"t": now})
+        insert = text(
+            "INSERT INTO incidents (uid, camera_id, kind, source, opened_at, best_score, x1, y1, x2, y2, frame_width,"
+            " frame_height, model_name, model_sha256, detection_count, captured_at, recorded_at,"
+            " snapshot_path, crop_path, car_path)"
+            " VALUES (:uid, 'cam', 'replay', 'x.mp4', :t, 0.9, 1, 2, 3, 4, 10, 10, 'm', 'h', 3, :t, :t, :s, :c, :car)")
+        conn.execute(insert, {"uid": "abs", "t": now, "s": f"{root}/cam/2026-01-01/abs_frame.jpg",
+                              "c": f"{root}/cam/2026-01-01/abs_crop.jpg", "car": f"{root}/cam/2026-01-01/abs_car.jpg"})
+        conn.execute(insert, {"uid": "rel", "t": now, "s": "cam/2026-01-01/rel_frame.jpg", "c": None, "car": None})
+        _upgrade(conn)
+        assert _schema_diff(conn) == []
+        rows = conn.execute(text(
+            "SELECT uid, snapshot_path, crop_path, car_path, verdict, reviewed_at FROM incidents ORDER BY uid")).all()
+        assert [tuple(r) for r in rows] == [
+            ("abs", "cam/2026-01-01/abs_frame.jpg", "cam/2026-01-01/abs_crop.jpg", "cam/2026-01-01/abs_car.jpg", None, None),
+            ("rel", "cam/2026-01-01/rel_frame.jpg", None, None, None, None),
+        ]
