@@ -111,7 +111,8 @@ class IncidentsStage:
             return False  # the best frame has not changed since its JPEGs were written
         # the folder date is the incident's first frame, so a rewrite after midnight lands on the same files
         first = track.first.header
-        paths = snapshot_paths(self.settings.data_dir / "snapshots", first.camera, first.captured_at, str(track.state["uid"]))
+        root = self.settings.data_dir / "snapshots"
+        paths = snapshot_paths(root, first.camera, first.captured_at, str(track.state["uid"]))
         label = f"scratch {track.best.score:.2f}"
         car = track.best.car
         try:
@@ -120,9 +121,11 @@ class IncidentsStage:
             self.snapshot_errors += 1
             log.error("incident %s: snapshot not written: %s", track.state["uid"], exc)
             return False
+        # stored relative to the snapshot root, which the API resolves them under (and only there)
+        relative = lambda path: path.relative_to(root).as_posix()  # noqa: E731
         track.state.update(
-            snapshot_path=str(paths.frame), crop_path=str(paths.crop), car_path=str(paths.car) if car is not None else None,
-            snapshot_seq=track.best.header.seq,
+            snapshot_path=relative(paths.frame), crop_path=relative(paths.crop),
+            car_path=relative(paths.car) if car is not None else None, snapshot_seq=track.best.header.seq,
         )
         return True
 

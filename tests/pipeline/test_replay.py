@@ -58,16 +58,17 @@ def test_replay_writes_incidents_with_media_time_box_and_snapshots(make_settings
         assert (row.frame_width, row.frame_height) == (320, 240)
         assert row.model_name == "red-ultralytics.onnx" and len(row.model_sha256) == 64
         assert_box_on_mark(row, mark.box)
-        frame, crop = cv2.imread(row.snapshot_path), cv2.imread(row.crop_path)
+        snapshots = settings.data_dir / "snapshots"
+        frame, crop = cv2.imread(str(snapshots / row.snapshot_path)), cv2.imread(str(snapshots / row.crop_path))
         assert frame.shape == (240, 320, 3)
         w, h = mark.box[2:]
         assert w <= crop.shape[1] <= 2 * w + 2 * BOX_TOLERANCE_PX and h <= crop.shape[0] <= 2 * h + 2 * BOX_TOLERANCE_PX
-        assert Path(row.snapshot_path).parent.parent == settings.data_dir / "snapshots" / "replay_lot"
+        assert Path(row.snapshot_path).parent.parent == Path("replay_lot"), "relative to the snapshot root"
         car_box = (row.car_x1, row.car_y1, row.car_x2, row.car_y2)  # the scene's blue car (x 40-288, y 45-170)
         cx, cy = (row.x1 + row.x2) / 2, (row.y1 + row.y2) / 2
         assert car_box[0] < 45 and car_box[2] > 280 and car_box[0] < cx < car_box[2] and car_box[1] < cy < car_box[3], car_box
         assert row.car_score > 0.5 and row.car_track_id is None  # inspect_every_s 0: no car tracking
-        car = cv2.imread(row.car_path)
+        car = cv2.imread(str(snapshots / row.car_path))
         assert abs(car.shape[1] - (car_box[2] - car_box[0])) < 0.2 * car.shape[1]  # the whole car, damage drawn on it
     assert not list((settings.data_dir / "snapshots").rglob("*.tmp"))
     assert not list((settings.data_dir / "run").glob("*.sock"))
@@ -120,7 +121,7 @@ def test_sigterm_during_replay_exits_0_and_closes_every_incident(make_settings, 
     assert all(r.closed_at is not None for r in rows)
     assert [r.first_media_time_s for r in rows] == [r.first_media_time_s for r in full_rows[: len(rows)]]
     assert 0 < rows[0].detection_count <= full_rows[0].detection_count
-    assert Path(rows[0].snapshot_path).is_file()
+    assert (settings.data_dir / "snapshots" / rows[0].snapshot_path).is_file()
     assert "SIGTERM: stopping capture" in err
 
 
@@ -204,4 +205,4 @@ def test_inference_dying_mid_run_still_closes_and_saves_open_incidents(make_sett
     rows = stored(settings.database_url)
     assert len(rows) == 1 and rows[0].first_media_time_s == 1.0
     assert rows[0].closed_at is not None, "the open incident was closed by the in-band STOP"
-    assert rows[0].snapshot_path and Path(rows[0].snapshot_path).is_file()
+    assert rows[0].snapshot_path and (settings.data_dir / "snapshots" / rows[0].snapshot_path).is_file()
