@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 CONFIG_ENV = "SCRATCHWATCH_CONFIG"
 DATABASE_URL_ENV = "SCRATCHWATCH_DATABASE_URL"
@@ -228,6 +228,26 @@ class ReplayConfig(_Section):
     )
 
 
+class ApiConfig(_Section):
+    host: str = Field(
+        default="127.0.0.1", title="Listen address", description="`scratchwatch serve` binds here; 127.0.0.1 keeps it on this machine."
+    )
+    port: int = Field(default=8080, ge=1, le=65535, title="Port", description="TCP port of the HTTP API and the web page.")
+    token: SecretStr | None = Field(
+        default=None,
+        title="Bearer token",
+        description="Every request but /api/health must send `Authorization: Bearer <token>`. "
+        "SCRATCHWATCH_API_TOKEN overrides; `serve` refuses to start without one.",
+    )
+    user: str = Field(
+        default="api",
+        min_length=1,
+        max_length=255,
+        title="Reviewer name",
+        description="Recorded as `reviewed_by` on every review made through the API with this token.",
+    )
+
+
 class Settings(_Section):
     data_dir: Path = Field(
         default=Path("data"),
@@ -243,6 +263,7 @@ class Settings(_Section):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig, title="Database", description="Where incidents are stored.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, title="Logging", description="Log level and rate limits.")
     replay: ReplayConfig = Field(default_factory=ReplayConfig, title="Replay", description="Settings of `scratchwatch replay`.")
+    api: ApiConfig = Field(default_factory=ApiConfig, title="HTTP API", description="`scratchwatch serve`: the query API and web page.")
 
     @model_validator(mode="after")
     def _unique_camera_ids(self) -> Settings:

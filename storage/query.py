@@ -14,7 +14,7 @@ import json
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 SORTS = ("newest", "oldest", "score")
 """newest/oldest: by opened_at; score: highest best_score first."""
@@ -75,23 +75,27 @@ class IncidentQuery(BaseModel):
         default=None, title="Review", description="reviewed (any verdict), unreviewed, or one verdict."
     )
 
-    @model_validator(mode="after")
-    def _ranges(self) -> IncidentQuery:
-        if self.since and self.until and self.until <= self.since:
-            raise ValueError("until must be later than since")
-        if self.min_score is not None and self.max_score is not None and self.max_score < self.min_score:
-            raise ValueError("max_score must not be below min_score")
-        return self
+    @field_validator("until")
+    @classmethod
+    def _until_after_since(cls, until: datetime | None, info: ValidationInfo) -> datetime | None:
+        since = info.data.get("since")
+        if since and until and until <= since:
+            raise ValueError("must be later than since")
+        return until
+
+    @field_validator("max_score")
+    @classmethod
+    def _max_not_below_min(cls, max_score: float | None, info: ValidationInfo) -> float | None:
+        min_score = info.data.get("min_score")
+        if min_score is not None and max_score is not None and max_score < min_score:
+            raise ValueError("must not be below min_score")
+        return max_score
 
 
 def first_error(exc: ValidationError) -> tuple[str, str]:
-    """(parameter, message) of the first problem, naming the parameter even for cross-field checks."""
+    """(parameter, message) of the first problem, for a one-line error."""
     error = exc.errors()[0]
-    name = ".".join(str(part) for part in error["loc"])
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if not name:  # a model validator: its message starts with the field it is about
-        name = message.split(" ", 1)[0]
-    return name, message
+    return ".".join(str(part) for part in error["loc"]), str(error["msg"]).removeprefix("Value error, ")
 
 
 def encode_cursor(sort: str, key: Any, incident_id: int) -> str:
