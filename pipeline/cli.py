@@ -7,7 +7,6 @@ import logging
 import signal
 import sys
 import threading
-from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.config import ConfigError, Settings, load_settings
@@ -61,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_detect(sub)
     _add_incidents(sub)
+    serve = sub.add_parser("serve", help="HTTP API and web page over the incident store (needs an API token)")
+    serve.add_argument("--host", help="listen address (default: api.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="TCP port (default: api.port, 8080)")
+    serve.set_defaults(func=cmd_serve)
     _add_training(sub)
     return parser
 
@@ -68,17 +71,54 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_incidents(sub: argparse._SubParsersAction) -> None:
     from storage.format import FORMATS
 
-    incidents = sub.add_parser("incidents", help="query stored incidents")
+    incidents = sub.add_parser("incidents", help="query, export and review stored incidents")
     isub = incidents.add_subparsers(dest="incidents_command", required=True, metavar="ACTION")
-    listing = isub.add_parser("list", help="incidents, newest first")
+    listing = isub.add_parser("list", help="incidents matching the filters, newest first")
     listing.add_argument("--format", choices=FORMATS, default="table")
-    listing.add_argument("--camera", help="only this camera id (replays: replay:<file stem>)")
-    listing.add_argument("--since", type=parse_time, help="opened at or after this ISO-8601 time (naive = UTC)")
-    listing.add_argument("--limit", type=int, default=50, help="at most N rows (default 50)")
+    _add_filters(listing)
+    listing.add_argument("--limit", default="50", help="at most N rows (default 50)")
+    listing.add_argument("--offset", default="0", help="skip the first N rows (default 0)")
     listing.set_defaults(func=cmd_incidents_list)
-    show = isub.add_parser("show", help="every field of one incident")
+    show = isub.add_parser("show", help="every field of one incident, its snapshot files and media time")
     show.add_argument("id", type=int)
     show.set_defaults(func=cmd_incidents_show)
+    export = isub.add_parser("export", help="every matching incident as CSV or JSON, optionally with its snapshots in a zip")
+    export.add_argument("--format", choices=("csv", "json"), required=True)
+    _add_filters(export)
+    export.add_argument("--output", type=Path, help="write here instead of stdout")
+    export.add_argument("--with-snapshots", type=Path, metavar="ZIP", help="also write ZIP: the export plus every snapshot file")
+    export.set_defaults(func=cmd_incidents_export)
+    stats = isub.add_parser("stats", help="incidents per camera per UTC day")
+    stats.add_argument("--format", choices=FORMATS, default="table")
+    _add_filters(stats, sort=False)
+    stats.set_defaults(func=cmd_incidents_stats)
+    review = isub.add_parser("review", help="mark an incident confirmed or a false alarm (replaces an earlier review)")
+    review.add_argument("id", type=int)
+    review.add_argument("--verdict", choices=("confirmed", "false-alarm"), required=True)
+    review.add_argument("--note", help="free text kept with the verdict")
+    review.add_argument("--by", help="reviewer name recorded (default: your user name)")
+    review.set_defaults(func=cmd_incidents_review)
+
+
+_FILTER_HELP = {
+    "camera": "only this camera id (replays: replay:<file stem>)",
+    "since": "opened at or after this time: ISO-8601, local time unless it has an offset or Z",
+    "until": "opened before this time (same format as --since)",
+    "min_score": "best score at least this (0..1)",
+    "max_score": "best score at most this (0..1)",
+    "kind": "live or replay",
+    "video": "the incident's source: a path, URL or file name",
+    "state": "open or closed",
+    "review": "reviewed, unreviewed, confirmed or false-alarm",
+}
+
+
+def _add_filters(parser: argparse.ArgumentParser, *, sort: bool = True) -> None:
+    """The filters of IncidentQuery as options; values are checked by IncidentQuery itself (one line, exit 2)."""
+    for name, text in _FILTER_HELP.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=text)
+    if sort:
+        parser.add_argument("--sort", default="newest", help="newest (default), oldest or score (highest first)")
 
 
 def _add_training(sub: argparse._SubParsersAction) -> None:
@@ -93,15 +133,6 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
         )
         return
     register_export(sub)
-
-
-def parse_time(text: str) -> datetime:
-    """ISO-8601 for --since; a time without offset is taken as UTC, like every stored time."""
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r} (e.g. 2025-06-01T08:00)") from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -165,22 +196,116 @@ def _repository(args: argparse.Namespace):  # -> IncidentRepository
     return IncidentRepository(connect(_settings(args).database_url))
 
 
+class UsageError(Exception):
+    """A bad option value: main-style one line naming the option, exit 2."""
+
+
+def _incident_query(args: argparse.Namespace):  # -> IncidentQuery
+    """IncidentQuery from the filter options; a bad value is a UsageError naming its option."""
+    from pydantic import ValidationError
+
+    from storage.query import SORTS, IncidentQuery, first_error
+
+    if getattr(args, "sort", "newest") not in SORTS:
+        raise UsageError(f"--sort: expected one of {', '.join(SORTS)}, got {args.sort!r}")
+    try:
+        return IncidentQuery(**{name: getattr(args, name) for name in _FILTER_HELP})
+    except ValidationError as exc:
+        name, message = first_error(exc)
+        raise UsageError(f"--{name.replace('_', '-')}: {message}") from None
+
+
+def _count_option(args: argparse.Namespace, name: str, minimum: int) -> int:
+    text = getattr(args, name)
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"--{name}: not a whole number: {text!r}") from None
+    if value < minimum:
+        raise UsageError(f"--{name}: must be at least {minimum}, got {value}")
+    return value
+
+
+def _usage_errors(command):  # decorator: UsageError -> one line on stderr, exit 2
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except UsageError as exc:
+            print(f"scratchwatch: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+
+    run.__doc__ = command.__doc__
+    return run
+
+
+@_usage_errors
 def cmd_incidents_list(args: argparse.Namespace) -> int:
     from storage.format import format_incidents
 
-    records = _repository(args).list(camera=args.camera, since=args.since, limit=args.limit)
+    query = _incident_query(args)
+    limit, offset = _count_option(args, "limit", 1), _count_option(args, "offset", 0)
+    records = _repository(args).list(query=query, sort=args.sort, limit=limit, offset=offset)
     print(format_incidents(records, args.format))
     return 0
 
 
 def cmd_incidents_show(args: argparse.Namespace) -> int:
     from storage.format import format_incident
+    from storage.snapshot_files import SNAPSHOT_FIELDS, snapshot_root
 
+    settings = _settings(args)
     record = _repository(args).get(args.id)
     if record is None:
         print(f"scratchwatch: no incident with id {args.id}", file=sys.stderr)
         return EXIT_FAILED
-    print(format_incident(record))
+    root = snapshot_root(settings.data_dir)
+    files = {name: str(root / getattr(record, field)) for name, field in SNAPSHOT_FIELDS.items() if getattr(record, field)}
+    print(format_incident(record, files))
+    return 0
+
+
+@_usage_errors
+def cmd_incidents_export(args: argparse.Namespace) -> int:
+    """Streams page by page, so an export of every incident never holds them all in memory."""
+    from storage.incident_export import export_incidents
+
+    query = _incident_query(args)
+    settings = _settings(args)
+    count, missing = export_incidents(_repository(args), query, args.sort, args.format, args.output, args.with_snapshots,
+                                      settings.data_dir)
+    where = f" and {args.with_snapshots}" if args.with_snapshots else ""
+    print(f"exported {count} incident(s) to {args.output or 'stdout'}{where}", file=sys.stderr)
+    if missing:
+        print(f"scratchwatch: {missing} snapshot file(s) missing or outside the snapshot root, not in the zip (see the log)",
+              file=sys.stderr)
+    return 0
+
+
+@_usage_errors
+def cmd_incidents_stats(args: argparse.Namespace) -> int:
+    from storage.format import format_stats
+
+    print(format_stats(_repository(args).stats(_incident_query(args)), args.format))
+    return 0
+
+
+def cmd_incidents_review(args: argparse.Namespace) -> int:
+    import getpass
+
+    record = _repository(args).review(args.id, args.verdict, by=args.by or getpass.getuser(), note=args.note)
+    if record is None:
+        print(f"scratchwatch: no incident with id {args.id}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"incident {record.id}: {record.verdict} by {record.reviewed_by} at {record.reviewed_at.isoformat()}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The HTTP API and web page until SIGTERM/SIGINT (uvicorn handles both)."""
+    from app.serve import serve
+
+    settings = _settings(args)
+    serve(settings, host=args.host or settings.api.host, port=args.port or settings.api.port)
     return 0
 
 

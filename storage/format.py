@@ -9,10 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TextIO
 
 from storage.repository import IncidentRecord
 
@@ -37,12 +37,45 @@ def format_incidents(records: Sequence[IncidentRecord], fmt: str = "table") -> s
     return render(records)
 
 
-def format_incident(record: IncidentRecord) -> str:
-    """Every field of one incident, one `name: value` line each, for `incidents show`."""
+def format_incident(record: IncidentRecord, snapshot_files: dict[str, str] | None = None) -> str:
+    """Every field of one incident, one `name: value` line each, for `incidents show`.
+
+    `snapshot_files` (image name -> file on disk) adds where each snapshot is; replays also get
+    their media time as a player shows it.
+    """
     values = record_to_dict(record)
     values["capture_to_row_s"] = _latency_s(record)
+    if record.media_time_s is not None:
+        values["media_time"] = _media_time(record.media_time_s)
+    for name, path in (snapshot_files or {}).items():
+        values[f"{name}_file"] = path
     width = max(len(name) for name in values)
     return "\n".join(f"{name.ljust(width)}  {_text(value)}" for name, value in values.items())
+
+
+def write_incidents(records: Iterable[IncidentRecord], fmt: str, out: TextIO) -> int:
+    """Stream `json` or `csv` to `out` one record at a time (exports of any size); return the count."""
+    if fmt not in ("json", "csv"):
+        raise ValueError(f"unknown export format {fmt!r}; expected json or csv")
+    return (_write_json if fmt == "json" else _write_csv)(records, out)
+
+
+def _write_json(records: Iterable[IncidentRecord], out: TextIO) -> int:
+    count = 0
+    out.write("[")
+    for count, record in enumerate(records, 1):
+        out.write(("," if count > 1 else "") + "\n  " + json.dumps(record_to_dict(record)))
+    out.write("\n]\n" if count else "]\n")
+    return count
+
+
+def _write_csv(records: Iterable[IncidentRecord], out: TextIO) -> int:
+    writer = csv.DictWriter(out, fieldnames=FIELD_NAMES, lineterminator="\n")
+    writer.writeheader()
+    count = 0
+    for count, record in enumerate(records, 1):
+        writer.writerow(record_to_dict(record))
+    return count
 
 
 def _to_json(records: Sequence[IncidentRecord]) -> str:
@@ -51,10 +84,24 @@ def _to_json(records: Sequence[IncidentRecord]) -> str:
 
 def _to_csv(records: Sequence[IncidentRecord]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=FIELD_NAMES, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(record_to_dict(r) for r in records)
+    _write_csv(records, out)
     return out.getvalue()
+
+
+def format_stats(rows: Sequence[Any], fmt: str = "table") -> str:
+    """`incidents stats`: (camera, day, incidents) rows as an aligned table, JSON or CSV."""
+    dicts = [{"camera": r.camera, "day": r.day, "incidents": r.incidents} for r in rows]
+    if fmt == "json":
+        return json.dumps(dicts, indent=2)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=["camera", "day", "incidents"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(dicts)
+        return out.getvalue()
+    if not rows:
+        return "no incidents"
+    return _aligned([["CAMERA", "DAY (UTC)", "INCIDENTS"]] + [[r.camera, r.day, str(r.incidents)] for r in rows])
 
 
 _TABLE_COLUMNS: list[tuple[str, Callable[[IncidentRecord], str]]] = [
@@ -66,6 +113,7 @@ _TABLE_COLUMNS: list[tuple[str, Callable[[IncidentRecord], str]]] = [
     ("SCORE", lambda r: f"{r.best_score:.2f}"),
     ("BOX", lambda r: ",".join(map(str, r.box))),
     ("DETS", lambda r: str(r.detection_count)),
+    ("VERDICT", lambda r: _text(r.verdict)),
     ("SNAPSHOT", lambda r: _text(r.snapshot_path)),
 ]
 
@@ -76,7 +124,12 @@ def _to_table(records: Sequence[IncidentRecord]) -> str:
         return "no incidents"
     rows = [[header for header, _ in _TABLE_COLUMNS]]
     rows += [[cell(r) for _, cell in _TABLE_COLUMNS] for r in records]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_TABLE_COLUMNS))]
+    return _aligned(rows)
+
+
+def _aligned(rows: list[list[str]]) -> str:
+    """Rows of cells as left-aligned columns two spaces apart, the first row being the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
 
 

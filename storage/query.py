@@ -95,7 +95,10 @@ class IncidentQuery(BaseModel):
 def first_error(exc: ValidationError) -> tuple[str, str]:
     """(parameter, message) of the first problem, for a one-line error."""
     error = exc.errors()[0]
-    return ".".join(str(part) for part in error["loc"]), str(error["msg"]).removeprefix("Value error, ")
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] != "value_error" and isinstance(error.get("input"), str):
+        message += f" (got {error['input']!r})"
+    return ".".join(str(part) for part in error["loc"]), message
 
 
 def encode_cursor(sort: str, key: Any, incident_id: int) -> str:
