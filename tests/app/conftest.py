@@ -42,7 +42,7 @@ def write_jpeg(path: Path, width: int, height: int) -> None:
 
 def fill(repo: IncidentRepository, root: Path, n: int = 12) -> list[IncidentRecord]:
     """`n` incidents on two cameras, scores 0.30..0.85, every third a replay, the first with a car and snapshots."""
-    saved = []
+    ids = []
     for i in range(n):
         camera = "lot-east" if i % 2 == 0 else "lot-west"
         folder = f"{camera}/2025-06-01"
@@ -59,8 +59,8 @@ def fill(repo: IncidentRepository, root: Path, n: int = 12) -> list[IncidentReco
         write_jpeg(root / record.crop_path, 64, 40)
         if record.car_path:
             write_jpeg(root / record.car_path, 200, 120)
-        saved.append(repo.get(repo.save(record)))
-    return saved
+        ids.append(repo.save(record))
+    return [repo.get(incident_id) for incident_id in ids]  # read back at the end: the camera rows changed meanwhile
 
 
 @pytest.fixture
