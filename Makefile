@@ -21,11 +21,13 @@ $(VENV)/.dev: pyproject.toml
 	touch $@ $(VENV)/.runtime
 
 # System packages the tests use: PostgreSQL's server binaries (the tests start their own
-# throwaway cluster) and libGL for OpenCV. Installed only when missing.
+# throwaway cluster), libGL for OpenCV, and Chromium with its WebDriver for the web page's
+# end-to-end test. Installed only when missing.
 system-deps:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! ldconfig -p | grep -q 'libGL.so.1'; then \
-		echo "installing postgresql and libgl1 (apt)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql libgl1 >/dev/null; \
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! ldconfig -p | grep -q 'libGL.so.1' \
+		|| ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		echo "installing postgresql, libgl1, chromium and chromium-driver (apt)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql libgl1 chromium chromium-driver >/dev/null; \
 	fi
 
 # Main job on embedded defaults: the shipped model, the committed demo clip, SQLite under ./data.
@@ -39,6 +41,7 @@ test: system-deps setup-dev
 bench: setup-dev
 	$(BIN)/python bench/bench_replay.py throughput
 	$(BIN)/python bench/bench_replay.py latency
+	$(BIN)/python bench/bench_query.py
 
 # Reproduce the shipped model from ../shared (about 2.7 h on 2 CPU cores; a rerun after an
 # interruption resumes training): clean data, 320 px from COCO, a 480 px fine-tune, export with
