@@ -5,6 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -130,3 +137,34 @@ def test_serve_without_a_token_is_one_line_exit_2(cli, monkeypatch: pytest.Monke
     code, _, err = cli("serve", "--port", "1")
     assert code == 2 and err.strip() == (
         "scratchwatch: no API token: set SCRATCHWATCH_API_TOKEN (or api.token in the config) before `scratchwatch serve`")
+
+
+def test_serve_answers_on_the_given_port_and_stops_on_sigterm(tmp_path: Path, stored: list[IncidentRecord]) -> None:
+    """`scratchwatch serve --host --port` as an operator starts it: a real process on loopback."""
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"data_dir": "data"}))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "SCRATCHWATCH_API_TOKEN": "cli-token"}
+    env.pop("SCRATCHWATCH_DATABASE_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "--config", "config.yaml", "serve", "--host", "127.0.0.1",
+                             "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/health", timeout=2) as response:
+                    assert json.load(response) == {"status": "ok", "database": "ok"}
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+                time.sleep(0.1)
+        request = urllib.request.Request(f"{base}/api/incidents?limit=100", headers={"Authorization": "Bearer cli-token"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert len(json.load(response)["items"]) == len(stored)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "cli-token" not in err
