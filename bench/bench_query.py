@@ -181,8 +181,23 @@ def measure(engine: Engine, data_dir: Path, args: argparse.Namespace) -> dict[st
         query = IncidentQuery(**q)
         sql_ms += timed(lambda: repo.page(query, limit=50), 1)
     result["list_sql"] = summary(sql_ms)
+    result["list_plan"] = plan(engine, IncidentQuery(**queries[0]))
     result["deep_page"] = deep_page(repo, args.deep_offset, args.deep_repeats)
     return result
+
+
+def plan(engine: Engine, query: IncidentQuery) -> list[str]:
+    """The database's plan for one list query: it must walk the (camera_id, opened_at, id) index, not sort."""
+    from sqlalchemy import text
+
+    from storage.repository import _filters, _order, _select_records
+
+    stmt = _select_records().where(*_filters(query)).order_by(*_order("newest")).limit(51)
+    sql = str(stmt.compile(engine, compile_kwargs={"literal_binds": True}))
+    explain = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) "
+    with engine.connect() as conn:
+        rows = conn.execute(text(explain + sql)).all()
+    return [str(row[-1]) for row in rows]
 
 
 def deep_page(repo: IncidentRepository, offset: int, repeats: int) -> dict[str, Any]:
