@@ -22,7 +22,6 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Engine, text
 
 from pipeline.config import ConfigError, Settings
-from storage.models import VERDICTS
 from storage.query import MAX_PAGE, CursorError, IncidentQuery, Sort
 from storage.repository import CameraRecord, IncidentRecord, IncidentRepository
 from storage.snapshot_files import SNAPSHOT_FIELDS, SnapshotUnavailable, resolve_snapshot, snapshot_root
@@ -85,10 +84,26 @@ def create_app(settings: Settings, engine: Engine, *, token: str | None = None) 
     app.state.token = (token or api_token(settings)).encode()
     app.state.snapshot_root = snapshot_root(settings.data_dir)
     app.state.reviewer = settings.api.user
+    app.middleware("http")(_security_headers)
     app.include_router(_public)
     app.include_router(_protected)
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
     return app
+
+
+_SECURITY_HEADERS = {
+    # the page loads only its own script and style, and images from the API as blob: URLs
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; object-src 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+async def _security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
+    """Headers that keep the page from being framed or fed foreign scripts, on every response."""
+    response = await call_next(request)
+    response.headers.update(_SECURITY_HEADERS)
+    return response
 
 
 def _require_token(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
@@ -138,7 +153,6 @@ def get_incident(repo: Repo, incident_id: int) -> IncidentRecord:
 @_protected.post("/incidents/{incident_id}/review", response_model=IncidentRecord, summary="Mark an incident reviewed")
 def review_incident(request: Request, repo: Repo, incident_id: int, review: ReviewIn) -> IncidentRecord:
     """The only write: the verdict and note, who (`api.user`) and when (UTC); a later review replaces it."""
-    assert review.verdict in VERDICTS
     record = repo.review(incident_id, review.verdict, by=request.app.state.reviewer, note=review.note)
     if record is None:
         raise HTTPException(404, f"no incident with id {incident_id}")

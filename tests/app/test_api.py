@@ -25,6 +25,7 @@ def test_health_needs_no_token_and_everything_else_does(client: TestClient, capl
         assert client.get(path, headers={"Authorization": TOKEN}).status_code == 401, "no Bearer scheme"
         assert client.get(path, headers=AUTH).status_code == 200, path
     assert client.post("/api/incidents/1/review", json={"verdict": "confirmed"}).status_code == 401
+    assert client.get("/api/incidents?since=bad").status_code == 401, "no validation details before the token"
     assert client.get("/api/incidents/1").headers["www-authenticate"] == "Bearer"
     assert TOKEN not in caplog.text
 
@@ -174,7 +175,8 @@ def test_cameras_with_last_seen_and_the_openapi_schema(client: TestClient, store
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/health", "/api/incidents", "/api/incidents/{incident_id}", "/api/incidents/{incident_id}/{image}",
             "/api/incidents/{incident_id}/review", "/api/cameras"} <= set(paths)
-    assert client.get("/").headers["content-type"].startswith("text/html")
+    page = client.get("/")
+    assert page.headers["content-type"].startswith("text/html") and "frame-ancestors 'none'" in page.headers["content-security-policy"]
 
 
 def test_env_token_is_used_by_create_app(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
