@@ -54,7 +54,7 @@ function mediaTime(seconds) {
 }
 
 function sourceText(incident) {
-  if (incident.kind !== "replay") return incident.camera_id;
+  if (incident.kind !== "replay") return "live";
   return `${incident.source.split("/").pop()} @ ${mediaTime(incident.media_time_s)}`;
 }
 
