@@ -160,9 +160,33 @@ def review_incident(request: Request, repo: Repo, incident_id: int, review: Revi
     return record
 
 
-@_protected.get("/incidents/{incident_id}/{image}", summary="An incident's image: snapshot (annotated frame), crop or car",
-                response_class=FileResponse, responses={200: {"content": {"image/jpeg": {}, "image/svg+xml": {}}}})
-def incident_image(request: Request, repo: Repo, incident_id: int, image: Literal["snapshot", "crop", "car"]) -> FileResponse:
+_IMAGE_RESPONSES = {200: {"content": {"image/jpeg": {}, "image/svg+xml": {}}, "description": "JPEG, or the SVG placeholder"}}
+
+
+@_protected.get("/incidents/{incident_id}/snapshot", response_class=FileResponse, responses=_IMAGE_RESPONSES,
+                summary="The annotated best frame")
+def incident_snapshot(request: Request, repo: Repo, incident_id: int) -> FileResponse:
+    return _image(request, repo, incident_id, "snapshot")
+
+
+@_protected.get("/incidents/{incident_id}/crop", response_class=FileResponse, responses=_IMAGE_RESPONSES,
+                summary="The damage crop at full resolution")
+def incident_crop(request: Request, repo: Repo, incident_id: int) -> FileResponse:
+    return _image(request, repo, incident_id, "crop")
+
+
+@_protected.get("/incidents/{incident_id}/car", response_class=FileResponse, responses=_IMAGE_RESPONSES,
+                summary="The whole car with the damage boxes (404 when the car stage found none)")
+def incident_car(request: Request, repo: Repo, incident_id: int) -> FileResponse:
+    return _image(request, repo, incident_id, "car")
+
+
+@_protected.get("/cameras", response_model=list[CameraRecord], summary="Cameras and replayed files, last seen first")
+def cameras(repo: Repo) -> list[CameraRecord]:
+    return repo.cameras()
+
+
+def _image(request: Request, repo: IncidentRepository, incident_id: int, image: str) -> FileResponse:
     """The JPEG the database names for this incident, or a placeholder (and a warning) when it cannot be served."""
     record = _incident(repo, incident_id)
     stored = getattr(record, SNAPSHOT_FIELDS[image])
@@ -175,11 +199,6 @@ def incident_image(request: Request, repo: Repo, incident_id: int, image: Litera
         log.warning("incident %d %s: %s; serving a placeholder", incident_id, image, exc)
         return FileResponse(PLACEHOLDER, media_type="image/svg+xml", headers=headers)
     return FileResponse(path, media_type="image/jpeg", headers=headers)
-
-
-@_protected.get("/cameras", response_model=list[CameraRecord], summary="Cameras and replayed files, last seen first")
-def cameras(repo: Repo) -> list[CameraRecord]:
-    return repo.cameras()
 
 
 def _incident(repo: IncidentRepository, incident_id: int) -> IncidentRecord:

@@ -110,7 +110,7 @@ def test_unknown_or_malformed_ids(client: TestClient) -> None:
         assert response.status_code == 404 and "999999" in response.json()["detail"], path
     assert client.post("/api/incidents/999999/review", json={"verdict": "confirmed"}, headers=AUTH).status_code == 404
     assert client.get("/api/incidents/abc", headers=AUTH).status_code == 422
-    assert client.get("/api/incidents/1/thumbnail", headers=AUTH).status_code == 422
+    assert client.get("/api/incidents/1/thumbnail", headers=AUTH).status_code == 404
 
 
 def test_one_incident_and_its_images(client: TestClient, store: Store) -> None:
@@ -173,8 +173,9 @@ def test_cameras_with_last_seen_and_the_openapi_schema(client: TestClient, store
     last_west = max(r.closed_at or r.opened_at for r in store.records if r.camera_id == "lot-west")
     assert datetime.fromisoformat(cameras[0]["last_seen"].replace("Z", "+00:00")) == last_west
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/api/health", "/api/incidents", "/api/incidents/{incident_id}", "/api/incidents/{incident_id}/{image}",
-            "/api/incidents/{incident_id}/review", "/api/cameras"} <= set(paths)
+    assert {"/api/health", "/api/incidents", "/api/incidents/{incident_id}", "/api/incidents/{incident_id}/snapshot",
+            "/api/incidents/{incident_id}/crop", "/api/incidents/{incident_id}/car", "/api/incidents/{incident_id}/review",
+            "/api/cameras"} <= set(paths)
     page = client.get("/")
     assert page.headers["content-type"].startswith("text/html") and "frame-ancestors 'none'" in page.headers["content-security-policy"]
 
