@@ -113,8 +113,10 @@ def test_export_with_snapshots_zips_the_listing_and_the_files(cli, stored: list[
         assert archive.read(f"snapshots/{west[0].snapshot_path}") == (tmp_path / "data" / "snapshots" / west[0].snapshot_path).read_bytes()
     expected = {f"snapshots/{r.snapshot_path}" for r in west} | {f"snapshots/{r.crop_path}" for r in west[1:]}
     assert names == expected | {"incidents.csv"}
-    code, out, _ = cli("incidents", "export", "--format", "json", "--state", "open")
-    assert code == 0 and [i["id"] for i in json.loads(out)] == [r.id for r in reversed(stored) if r.closed_at is None]
+    listing = tmp_path / "open.json"
+    code, out, err = cli("incidents", "export", "--format", "json", "--state", "open", "--output", str(listing))
+    assert code == 0 and out == "" and f"exported 3 incident(s) to {listing}" in err
+    assert [i["id"] for i in json.loads(listing.read_text())] == [r.id for r in reversed(stored) if r.closed_at is None]
 
 
 def test_stats_count_per_camera_per_day_and_review(cli, stored: list[IncidentRecord]) -> None:
