@@ -19,7 +19,9 @@ from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
 
 from pipeline.config import ConfigError, Settings
 from storage.query import MAX_PAGE, CursorError, IncidentQuery, Sort
@@ -85,6 +87,7 @@ def create_app(settings: Settings, engine: Engine, *, token: str | None = None) 
     app.state.snapshot_root = snapshot_root(settings.data_dir)
     app.state.reviewer = settings.api.user
     app.middleware("http")(_security_headers)
+    app.add_exception_handler(DBAPIError, _database_unavailable)
     app.include_router(_public)
     app.include_router(_protected)
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
@@ -104,6 +107,12 @@ async def _security_headers(request: Request, call_next):  # type: ignore[no-unt
     response = await call_next(request)
     response.headers.update(_SECURITY_HEADERS)
     return response
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The database is down or refuses: 503 with a retry hint, the reason in the log only (never a 500)."""
+    log.warning("%s %s: database error: %s", request.method, request.url.path, getattr(exc, "orig", exc))
+    return JSONResponse({"detail": "database unavailable"}, status_code=503, headers={"Retry-After": "5"})
 
 
 def _require_token(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:

@@ -186,3 +186,22 @@ def test_env_token_is_used_by_create_app(store: Store, monkeypatch: pytest.Monke
         assert client.get("/api/cameras", headers={"Authorization": "Bearer env-secret"}).status_code == 200
         assert client.get("/api/cameras", headers=AUTH).status_code == 401
     assert os.environ[TOKEN_ENV] == "env-secret"
+
+
+@pytest.mark.postgres
+def test_a_database_that_goes_away_is_503_not_500(postgres_cluster, tmp_path: Path, caplog) -> None:
+    from storage.db import connect
+
+    postgres_cluster.start()
+    engine = connect(postgres_cluster.url())
+    settings = Settings(data_dir=tmp_path / "data")
+    try:
+        with TestClient(create_app(settings, engine, token=TOKEN)) as client:
+            assert client.get("/api/incidents", headers=AUTH).status_code == 200
+            postgres_cluster.stop()
+            for path in ("/api/incidents", "/api/incidents/1", "/api/cameras", "/api/health"):
+                response = client.get(path, headers=AUTH)
+                assert response.status_code == 503, (path, response.text)
+            assert "database" in caplog.text
+    finally:
+        engine.dispose()
