@@ -58,7 +58,9 @@ class _Plan:
     tracks: list[Track] | None = None
     """The car tracks (scheduled cameras only), aligned with ``cars``."""
     whole_frame: bool = False
-    """The photo gate found no car: the frame itself stands in for one (not reported as a car)."""
+    """Photo gate, a close-up: the frame itself stands in for the car (its damage rows name no car)."""
+    found: np.ndarray | None = None
+    """With ``whole_frame``: the cars the car stage did find, still reported."""
 
 
 class InspectionScheduler:
@@ -106,12 +108,12 @@ class CarGatedDetector:
 
     def __init__(
         self, damage: Detector, cars: CarDetector | None, gate: CarGate, *, margin: float = 0.08,
-        max_batch: int = 4, inspect_every_s: float = 0.0,
+        max_batch: int = 4, inspect_every_s: float = 0.0, photo_whole_share: float = 0.3,
     ) -> None:
         if gate != "off" and cars is None:
             raise ValueError(f"car gate {gate!r} needs a car stage")
         self.damage, self.cars, self.gate = damage, cars, gate
-        self.margin, self.max_batch = margin, max_batch
+        self.margin, self.max_batch, self.photo_whole_share = margin, max_batch, photo_whole_share
         self.scheduler = InspectionScheduler(inspect_every_s) if inspect_every_s > 0 else None
 
     @property
@@ -132,12 +134,19 @@ class CarGatedDetector:
 
     def _plan(self, index: int, frame: np.ndarray, cars: np.ndarray, headers: list[FrameHeader] | None) -> _Plan:
         height, width = frame.shape[:2]
-        if not len(cars) and self.gate == "photo":  # a close-up: the whole photo is the car
-            return _Plan(np.array([[0, 0, width, height, 0, -1]], np.float32), [0], whole_frame=True)
+        if self.gate == "photo" and self._close_up(cars, width * height):  # the whole photo is the car
+            return _Plan(np.array([[0, 0, width, height, 0, -1]], np.float32), [0], whole_frame=True, found=cars)
         if self.scheduler is not None and headers is not None:
             return self.scheduler.plan(headers[index], cars)
         with_track = np.concatenate([cars[:, :5], np.full((len(cars), 1), -1, np.float32)], axis=1)
         return _Plan(with_track, list(range(len(cars))))
+
+    def _close_up(self, cars: np.ndarray, area: int) -> bool:
+        """No car found, or one so large that cropping it would not magnify it."""
+        if not len(cars):
+            return True
+        largest = float(((cars[:, 2] - cars[:, 0]) * (cars[:, 3] - cars[:, 1])).max())
+        return largest >= self.photo_whole_share * area
 
     def _crops(self, frames: list[np.ndarray], plans: list[_Plan]):
         crops, owners = [], []
@@ -157,16 +166,18 @@ class CarGatedDetector:
             inferences[frame_index] += 1
             car = plan.cars[car_index]
             on_car = crop_to_frame(dets, window)
-            on_car = on_car[centres_inside(on_car, car)]
-            car_columns = NO_CAR if plan.whole_frame else car
-            rows = np.concatenate([on_car[:, :DET_COLUMNS], np.repeat(car_columns[None], len(on_car), 0)], axis=1)
+            if plan.whole_frame:  # a close-up: every box counts, named with the found car it lies on, if any
+                rows = np.concatenate([on_car[:, :DET_COLUMNS], _cars_under(on_car, _reported_cars(plan))], axis=1)
+            else:
+                on_car = on_car[centres_inside(on_car, car)]
+                rows = np.concatenate([on_car[:, :DET_COLUMNS], np.repeat(car[None], len(on_car), 0)], axis=1)
             if plan.tracks is not None:
                 InspectionScheduler.remember(plan.tracks[car_index], rows)
             found[frame_index].append(rows)
         for plan, rows in zip(plans, found):  # after every inspection of the batch: a car inspected in frame k holds in k+1
             rows.extend(track.state["held"] for track in plan.held if track.state.get("held") is not None)
         return [
-            FrameResult(_merge(rows, self.damage.iou_threshold), plan.cars[:0] if plan.whole_frame else plan.cars, inferences[i])
+            FrameResult(_merge(rows, self.damage.iou_threshold), _reported_cars(plan), inferences[i])
             for i, (plan, rows) in enumerate(zip(plans, found))
         ]
 
@@ -180,6 +191,22 @@ class CarGatedDetector:
         for start in range(0, len(images), self.max_batch):
             out.extend(run(images[start : start + self.max_batch]))
         return out
+
+
+def _cars_under(dets: np.ndarray, cars: np.ndarray) -> np.ndarray:
+    """(N, 6) car columns: the first car each box's centre lies on, else -1."""
+    out = np.tile(NO_CAR, (len(dets), 1))
+    for car in cars[::-1]:  # the first car wins: written last
+        out[centres_inside(dets, car)] = car
+    return out
+
+
+def _reported_cars(plan: _Plan) -> np.ndarray:
+    """(K, 6) cars found: a whole-frame stand-in is not a car, but cars seen in a close-up are."""
+    if not plan.whole_frame:
+        return plan.cars
+    found = plan.found if plan.found is not None else np.zeros((0, 5), np.float32)
+    return np.concatenate([found[:, :5], np.full((len(found), 1), -1, np.float32)], axis=1).astype(np.float32)
 
 
 def _merge(parts: list[np.ndarray], iou_threshold: float) -> np.ndarray:
@@ -197,5 +224,6 @@ def build_detector(config: DetectorConfig, gate: CarGate | None = None, conf_thr
     damage = Detector(config.model, config.provider, threshold, config.iou_threshold, config.threads)
     cars = None if gate == "off" else CarDetector(config.cars, config.provider, config.threads)
     return CarGatedDetector(
-        damage, cars, gate, margin=config.cars.margin, max_batch=config.max_batch, inspect_every_s=config.cars.inspect_every_s
+        damage, cars, gate, margin=config.cars.margin, max_batch=config.max_batch, inspect_every_s=config.cars.inspect_every_s,
+        photo_whole_share=config.cars.photo_whole_share,
     )

@@ -132,6 +132,14 @@ class CarStageConfig(_Section):
     margin: float = Field(
         default=0.08, ge=0, le=1, title="Crop margin", description="Margin added around each car box before cropping, as a fraction of the box size."
     )
+    photo_whole_share: float = Field(
+        default=0.3,
+        ge=0,
+        le=1,
+        title="Close-up share (photo gate)",
+        description="photo gate: when the largest car covers at least this share of the photo, the photo is looked at whole "
+        "(a crop would not magnify it; the damage model was trained on whole photos). 1 crops every car.",
+    )
     inspect_every_s: float = Field(
         default=2.0,
         ge=0,

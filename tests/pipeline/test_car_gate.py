@@ -130,3 +130,14 @@ def test_car_models_that_cannot_score_vehicles_fail_at_start_with_the_file_named
     onnx.save(proto, str(bad))
     with pytest.raises(CarModelError, match=r"mislabelled\.onnx: output \[1, 5, 256\] matches neither YOLO head"):
         CarDetector(CarStageConfig(model=bad, scoring="class"), provider="cpu")
+
+
+def test_photo_gate_crops_small_cars_and_looks_at_close_ups_whole(red_model: Path, car_model: Path) -> None:
+    gated = _gated(red_model, car_model, "photo", photo_whole_share=0.3)
+    [wide] = gated.detect([scene(0, [OFF_CAR], size=(640, 480))])  # the car covers 10 % of the photo: cropped
+    assert len(wide.cars) == 1 and len(wide.rows) == 0  # the asphalt mark is off the car
+    [close] = gated.detect([scene(0, [OFF_CAR, ON_CAR])])  # 40 %: a crop would not magnify it
+    assert len(close.cars) == 1 and close.inferences == 1 and len(close.rows) == 2
+    on, off = sorted(close.rows, key=lambda r: -r[0])  # the on-car mark is further right
+    np.testing.assert_array_equal(on[6:11], close.cars[0, :5])
+    assert (off[6:] == -1).all()  # kept (the photo is looked at whole) but on no car
