@@ -222,6 +222,7 @@ def build_detector(config: DetectorConfig, gate: CarGate | None = None, conf_thr
     gate = gate or config.car_gate
     threshold = config.conf_threshold if conf_threshold is None else conf_threshold
     damage = Detector(config.model, config.provider, threshold, config.iou_threshold, config.threads)
+    damage.head_layout()  # a model whose output fits no head fails now, naming the file, not on the first frame
     cars = None if gate == "off" else CarDetector(config.cars, config.provider, config.threads)
     return CarGatedDetector(
         damage, cars, gate, margin=config.cars.margin, max_batch=config.max_batch, inspect_every_s=config.cars.inspect_every_s,

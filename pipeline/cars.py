@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.config import CarStageConfig
-from pipeline.detector import Detector, candidates, nms
+from pipeline.detector import Detector, ModelMismatchError, candidates, nms
 
 VEHICLE_CLASSES = ("car", "truck", "bus", "motorcycle")
 NOT_VEHICLES = ("person",)
@@ -34,7 +34,10 @@ class CarDetector:
         names = self.detector.names
         self.vehicle_ids = np.array([i for i, name in names.items() if name in VEHICLE_CLASSES], dtype=np.int64)
         self.excluded_ids = np.array([i for i, name in names.items() if name in NOT_VEHICLES], dtype=np.int64)
-        self.classic = self._check_output()
+        try:
+            self.classic = self.detector.head_layout() == "classic"
+        except ModelMismatchError as exc:
+            raise CarModelError(str(exc).replace("detector model", "car model", 1)) from None
         if config.scoring == "objectness" and not self.classic:
             raise CarModelError(f"car model {config.model}: scoring 'objectness' needs the classic head [B, N, 5+nc]; use scoring: class")
         if config.scoring == "class" and not len(self.vehicle_ids):
@@ -74,20 +77,6 @@ class CarDetector:
     def _size_prior(self, cars: np.ndarray, width: int, height: int) -> np.ndarray:
         longer = np.maximum(cars[:, 2] - cars[:, 0], cars[:, 3] - cars[:, 1])
         return cars[longer >= self.config.min_side * max(width, height)].astype(np.float32, copy=False)
-
-    def _check_output(self) -> bool:
-        """Run one blank frame: a model whose output fits neither head fails here, at start."""
-        height, width = self.detector.imgsz
-        raw = self.detector.run(np.zeros((1, 3, height, width), dtype=np.float32))
-        nc = len(self.detector.names)
-        if raw.ndim == 3 and raw.shape[2] == 5 + nc:
-            return True
-        if raw.ndim == 3 and raw.shape[1] == 4 + nc:
-            return False
-        raise CarModelError(
-            f"car model {self.detector.model_path}: output {list(raw.shape)} matches neither YOLO head for {nc} classes "
-            f"([B, N, {5 + nc}] classic or [B, {4 + nc}, N] YOLOv5u)"
-        )
 
 
 def crop_to_frame(dets: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:

@@ -34,6 +34,10 @@ PROVIDER_REQUESTS = {
 }
 
 
+class ModelMismatchError(ValueError):
+    """The model's output or metadata does not fit what the pipeline decodes; the message names the file."""
+
+
 @dataclass(frozen=True)
 class Letterbox:
     """How one frame was fitted into the network input, to map boxes back."""
@@ -78,7 +82,10 @@ class Detector:
         self.input_name: str = model_input.name
         self.batch_dynamic = not isinstance(model_input.shape[0], int)
         metadata = self.session.get_modelmeta().custom_metadata_map
-        self.imgsz: tuple[int, int] = _imgsz(metadata, model_input.shape)
+        try:
+            self.imgsz: tuple[int, int] = _imgsz(metadata, model_input.shape)
+        except ModelMismatchError as exc:
+            raise ModelMismatchError(f"detector model {self.model_path}: {exc}") from None
         self.names: dict[int, str] = _names(metadata)
         self.conf_threshold: float = _conf_threshold(conf_threshold, metadata)
 
@@ -105,6 +112,21 @@ class Detector:
         if self.batch_dynamic or len(batch) == 1:
             return self.session.run(None, {self.input_name: batch})[0]
         return np.concatenate([self.session.run(None, {self.input_name: batch[i : i + 1]})[0] for i in range(len(batch))])
+
+    def head_layout(self) -> str:
+        """'classic' or 'ultralytics', from one blank frame's output; a model fitting neither fails here,
+        at start, naming the file (this run also warms the session up)."""
+        height, width = self.imgsz
+        raw = self.run(np.zeros((1, 3, height, width), dtype=np.float32))
+        nc = len(self.names)
+        if raw.ndim == 3 and raw.shape[2] == 5 + nc:
+            return "classic"
+        if raw.ndim == 3 and raw.shape[1] == 4 + nc:
+            return "ultralytics"
+        raise ModelMismatchError(
+            f"detector model {self.model_path}: output {list(raw.shape)} matches neither YOLO head for {nc} classes "
+            f"([B, N, {5 + nc}] classic or [B, {4 + nc}, N] YOLOv5u): check its 'names' metadata"
+        )
 
     def decode(self, raw: np.ndarray) -> list[np.ndarray]:
         """Raw head output -> per image (N, 6) boxes in network pixels after threshold and NMS."""
@@ -207,7 +229,7 @@ def _check_provider(provider: str, got: list[str], model_path: Path) -> None:
 
 
 def _imgsz(metadata: dict[str, str], input_shape: list[Any]) -> tuple[int, int]:
-    """ultralytics metadata ``imgsz`` ('[320, 320]'), else the input's fixed H and W, else 640."""
+    """ultralytics metadata ``imgsz`` ('[320, 320]'), else the input's fixed H and W; never a guess."""
     if "imgsz" in metadata:
         value = ast.literal_eval(metadata["imgsz"])
         value = [value, value] if isinstance(value, int) else list(value)
@@ -215,7 +237,7 @@ def _imgsz(metadata: dict[str, str], input_shape: list[Any]) -> tuple[int, int]:
     height, width = input_shape[2:4]
     if isinstance(height, int) and isinstance(width, int):
         return height, width
-    return 640, 640
+    raise ModelMismatchError("dynamic input size and no 'imgsz' metadata: export it with `scratchwatch export`")
 
 
 def _conf_threshold(requested: float | None, metadata: dict[str, str]) -> float:

@@ -141,3 +141,24 @@ def test_photo_gate_crops_small_cars_and_looks_at_close_ups_whole(red_model: Pat
     assert (close.rows[0, 6:] == -1).all()  # kept, on no car (the red model sees one mark per image)
     [named] = gated.detect([scene(0, [ON_CAR])])
     np.testing.assert_array_equal(named.rows[0, 6:11], named.cars[0, :5])  # a box on the found car names it
+
+
+def test_damage_models_the_pipeline_cannot_read_fail_at_start_with_the_file_named(red_model: Path, tmp_path: Path) -> None:
+    from pipeline.car_gate import build_detector
+    from pipeline.config import DetectorConfig
+    from pipeline.detector import ModelMismatchError
+
+    proto = onnx.load(str(red_model))
+    names = next(p for p in proto.metadata_props if p.key == "names")
+    names.value = "{0: 'scratch', 1: 'dent'}"  # two classes named, one in the output
+    two = tmp_path / "two-names.onnx"
+    onnx.save(proto, str(two))
+    with pytest.raises(ModelMismatchError, match=r"two-names\.onnx: output \[1, 5, 256\] matches neither YOLO head for 2 classes"):
+        build_detector(DetectorConfig(model=two, provider="cpu"), "off")
+    del proto.metadata_props[:]  # dynamic input and no imgsz: the input size would be a guess
+    for axis in (2, 3):
+        proto.graph.input[0].type.tensor_type.shape.dim[axis].dim_param = f"side{axis}"
+    bare = tmp_path / "bare.onnx"
+    onnx.save(proto, str(bare))
+    with pytest.raises(ModelMismatchError, match=r"bare\.onnx: dynamic input size and no 'imgsz' metadata"):
+        build_detector(DetectorConfig(model=bare, provider="cpu"), "off")
