@@ -21,13 +21,15 @@ $(VENV)/.dev: pyproject.toml
 	touch $@ $(VENV)/.runtime
 
 # System packages the tests use: PostgreSQL's server binaries (the tests start their own
-# throwaway cluster), libGL for OpenCV, and Chromium with its WebDriver for the web page's
-# end-to-end test. Installed only when missing.
+# throwaway cluster), libGL for OpenCV, Chromium with its WebDriver for the web page's
+# end-to-end test, systemd-analyze (the unit's hardening score) and ffmpeg (live streams on
+# loopback). Installed only when missing.
 system-deps:
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! ldconfig -p | grep -q 'libGL.so.1' \
-		|| ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
-		echo "installing postgresql, libgl1, chromium and chromium-driver (apt)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql libgl1 chromium chromium-driver >/dev/null; \
+		|| ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
+		|| ! command -v systemd-analyze >/dev/null || ! command -v ffmpeg >/dev/null; then \
+		echo "installing postgresql, libgl1, chromium, chromium-driver, systemd and ffmpeg (apt)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql libgl1 chromium chromium-driver systemd ffmpeg >/dev/null; \
 	fi
 
 # Main job on embedded defaults: the shipped model, the committed demo clip, SQLite under ./data.

@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+from app.cli import register as register_operations
 from pipeline.config import ConfigError, Settings, load_settings
 from pipeline.logs import setup_logging
 
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="TCP port (default: api.port, 8080)")
     serve.set_defaults(func=cmd_serve)
     _add_training(sub)
+    register_operations(sub)
     return parser
 
 
@@ -158,11 +160,12 @@ def stop_on_signals() -> threading.Event:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from app.daemon import daemon_observers
     from pipeline.runner import PipelineError, run_cameras
 
     settings = _settings(args)
     try:
-        report = run_cameras(settings, stop_on_signals())
+        report = run_cameras(settings, stop_on_signals(), daemon_observers(settings))
     except PipelineError as exc:
         log.error("%s", exc)
         return EXIT_FAILED

@@ -154,7 +154,7 @@ def _serve(stage: StageContext) -> dict[str, Any]:
     damage = detector.damage
     frames_in = pull_socket(stage.ctx, stage.endpoints.frames, hwm)
     detections_out = push_socket(stage.ctx, stage.endpoints.detections, hwm)
-    receiver = Receiver(frames_in, stage.settings.logging.rate_limit_s, "inference")
+    receiver = Receiver(frames_in, stage.settings.logging.rate_limit_s, "inference", stage.events.beat)
     worker = InferenceStage(detector, receiver, detections_out, config.max_batch, stage.settings.logging.rate_limit_s)
     stage.events.emit(
         "ready", final=True, providers=damage.providers, model=str(damage.model_path), imgsz=list(damage.imgsz),

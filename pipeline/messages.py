@@ -9,7 +9,7 @@ raw buffers sent and received without copies:
                when N > 0, since only incidents need pixels (for snapshots)
 - eos:         ``[header]``  a source ended; travels in order with that source's frames
 - stop:        ``[header]``  drain and exit once the EOS of every listed source has arrived
-- event:       ``[header]``  stage -> supervisor: ready, progress, done, error
+- event:       ``[header]``  stage -> supervisor: ready, heartbeat, progress, done, error
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class StopHeader(_Header):
 class EventHeader(_Header):
     type: Literal["event"] = "event"
     stage: str
-    event: Literal["ready", "progress", "done", "error"]
+    event: Literal["ready", "heartbeat", "progress", "done", "error"]
     data: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -14,10 +14,10 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 
@@ -88,10 +88,21 @@ class ReplayReport:
 ProgressCallback = Callable[["Supervisor"], None]
 
 
+class Observer(Protocol):
+    """Watches a run from the supervisor's thread (the systemd watchdog, metrics): must not block."""
+
+    def on_ready(self, supervisor: Supervisor) -> None: ...
+    def on_event(self, stage: str, event: str, data: dict[str, Any]) -> None: ...
+    def on_tick(self, supervisor: Supervisor) -> None: ...
+    def on_stop(self, supervisor: Supervisor) -> None: ...
+
+
 class Supervisor:
     """Owns one pipeline run: stage processes, capture threads and the events channel."""
 
-    def __init__(self, settings: Settings, specs: list[SourceSpec], stop: threading.Event | None = None) -> None:
+    def __init__(
+        self, settings: Settings, specs: list[SourceSpec], stop: threading.Event | None = None, observers: Sequence[Observer] = ()
+    ) -> None:
         global _run_counter
         _run_counter += 1
         self.settings = settings
@@ -106,6 +117,7 @@ class Supervisor:
         self._captures: list[CaptureThread] = []
         self._capture_stop = threading.Event()
         self._started = 0.0
+        self.observers = tuple(observers)
 
     def run(self, on_progress: ProgressCallback | None = None) -> ReplayReport:
         """Start, analyse until the sources end or ``stop`` is set, drain, and report."""
@@ -115,6 +127,7 @@ class Supervisor:
         try:
             self._start_stages(events)
             self._start_captures(ctx)
+            self._observe("on_ready", self)
             self._watch(events, on_progress)
             self._shutdown(ctx, events, on_progress)
         except KeyboardInterrupt:
@@ -137,6 +150,10 @@ class Supervisor:
     @property
     def captures(self) -> list[CaptureThread]:
         return self._captures
+
+    @property
+    def stage_pids(self) -> dict[str, int | None]:
+        return {name: process.pid for name, process in self._processes.items()}
 
     def _start_stages(self, events: Receiver) -> None:
         spawn = multiprocessing.get_context("spawn")
@@ -167,11 +184,17 @@ class Supervisor:
             self._poll(events)
             self._check_alive()
             self._collect_capture_stats()
+            self._observe("on_tick", self)
             if on_progress:
                 on_progress(self)
 
+    def _observe(self, hook: str, *args: Any) -> None:
+        for observer in self.observers:
+            getattr(observer, hook)(*args)
+
     def _shutdown(self, ctx: zmq.Context, events: Receiver, on_progress: ProgressCallback | None) -> None:
         """Stop capture, send STOP behind the frames in flight, wait for both stages to finish."""
+        self._observe("on_stop", self)
         self._capture_stop.set()
         join_s = self.settings.capture.open_timeout_s + 2
         for thread in self._captures:
@@ -217,6 +240,7 @@ class Supervisor:
             message = events.recv(0)
 
     def _on_event(self, event: EventHeader) -> None:
+        self._observe("on_event", event.stage, event.event, event.data)
         if event.event == "ready":
             self._ready.add(event.stage)
             self.stages[event.stage] = dict(event.data)
@@ -309,9 +333,9 @@ def replay_files(
     return report
 
 
-def run_cameras(settings: Settings, stop: threading.Event | None = None) -> ReplayReport:
+def run_cameras(settings: Settings, stop: threading.Event | None = None, observers: Sequence[Observer] = ()) -> ReplayReport:
     """Analyse the configured cameras until ``stop`` is set or every (file) camera ended."""
     specs = camera_specs(settings)
     if not specs:
         raise PipelineError("no enabled camera in the config: add one under `cameras`")
-    return Supervisor(settings, specs, stop).run()
+    return Supervisor(settings, specs, stop, observers).run()

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from pipeline.transport import Endpoints, push_socket, send
 log = logging.getLogger(__name__)
 EVENTS_HWM = 100
 FINAL_EVENT_TIMEOUT_MS = 5000
+HEARTBEAT_INTERVAL_S = 1.0
 
 
 class EventSender:
@@ -34,6 +36,7 @@ class EventSender:
         self.stage = stage
         self.sock = push_socket(ctx, endpoint, EVENTS_HWM)
         self.sock.setsockopt(zmq.SNDTIMEO, FINAL_EVENT_TIMEOUT_MS)
+        self._last_beat = 0.0
 
     def emit(self, event: str, *, final: bool = False, **data: Any) -> None:
         parts = encode_control(EventHeader(stage=self.stage, event=event, data=data))
@@ -41,6 +44,17 @@ class EventSender:
             send(self.sock, parts, block=final)
         except zmq.Again:
             log.warning("%s: supervisor did not take the %s event", self.stage, event)
+
+    def beat(self) -> None:
+        """Called from a stage's work loop (its Receiver polls), so a stuck loop stops beating.
+
+        The supervisor's systemd watchdog pings only while every stage beats; a timer thread
+        would keep beating through a hung detector call and hide exactly what it must reveal.
+        """
+        now = time.monotonic()
+        if now - self._last_beat >= HEARTBEAT_INTERVAL_S:
+            self._last_beat = now
+            self.emit("heartbeat")
 
 
 @dataclass

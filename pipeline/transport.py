@@ -12,6 +12,7 @@ import os
 import socket
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,14 +109,18 @@ def send_until(sock: zmq.Socket, parts: list[Any], stop: threading.Event, poll_m
 class Receiver:
     """Decodes messages from a PULL socket; malformed ones are counted, logged and skipped."""
 
-    def __init__(self, sock: zmq.Socket, rate_limit_s: float, name: str) -> None:
+    def __init__(self, sock: zmq.Socket, rate_limit_s: float, name: str, on_poll: Callable[[], None] | None = None) -> None:
         self.sock = sock
         self.name = name
         self.malformed = 0
+        self.on_poll = on_poll
+        """Called on every receive: a stage's heartbeat (``EventSender.beat``) rides on its loop."""
         self._log = RateLimitedLog(log, rate_limit_s)
 
     def recv(self, timeout_ms: int) -> Message | None:
         """The next valid message, or None when nothing valid arrived within the timeout."""
+        if self.on_poll is not None:
+            self.on_poll()
         if not self.sock.poll(timeout_ms, zmq.POLLIN):
             return None
         return self._decode(self.sock.recv_multipart(copy=False))

@@ -18,6 +18,7 @@ from storage.db import connect
 from storage.repository import IncidentRecord, IncidentRepository
 from storage.snapshot_files import snapshot_root
 from tests.storage.helpers import T0, make_record
+from tests.pipeline.conftest import car_model, make_settings, red_model, two_mark_clip  # noqa: F401  (daemon tests)
 
 TOKEN = "test-token-5f2a"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
