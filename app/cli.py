@@ -16,6 +16,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     service.add_argument("--prefix", type=Path, help="write everything under this folder instead of / (no user is created)")
     service.set_defaults(func=cmd_install_service)
 
+    keys = sub.add_parser("keys", help="CurveZMQ keys for tcp links between hosts")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    generate = ksub.add_parser("generate", help="write NAME.key (public) and NAME.key_secret (0600)")
+    generate.add_argument("--dir", type=Path, default=Path("keys"), help="folder for the key files (default ./keys)")
+    generate.add_argument("--name", default="scratchwatch", help="file name stem (default scratchwatch)")
+    generate.set_defaults(func=cmd_keys_generate)
+
 
 def cmd_install_service(args: argparse.Namespace) -> int:
     from app.service import InstallPlan, install
@@ -25,4 +32,21 @@ def cmd_install_service(args: argparse.Namespace) -> int:
     for line in install(plan, _settings(args)):
         print(line)
     print("next: systemctl daemon-reload && systemctl enable --now scratchwatch; logs: journalctl -u scratchwatch -f")
+    return 0
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    import sys
+
+    from app.keys import KeyExistsError, generate
+
+    try:
+        public_file, secret_file, public = generate(args.dir, args.name)
+    except KeyExistsError as exc:
+        print(f"scratchwatch: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {public_file} (public) and {secret_file} (secret, 0600: keep it on this host only)")
+    print(f"public key: {public}")
+    print(f"this node: transport.curve.key_file: {secret_file.resolve()}")
+    print("its peers: add the public key to transport.curve.allowed_keys (receivers) or server_key (senders)")
     return 0

@@ -24,7 +24,7 @@ from pipeline.backoff import Backoff
 from pipeline.config import CameraConfig, CaptureConfig, is_live_source
 from pipeline.logs import RateLimitedLog
 from pipeline.messages import EosHeader, FrameHeader, SourceKind, encode_control, encode_frame, now_ns
-from pipeline.transport import push_socket, send, send_until
+from pipeline.transport import CurveKeys, push_socket, send, send_until
 
 log = logging.getLogger(__name__)
 EOS_TIMEOUT_MS = 10_000
@@ -70,9 +70,11 @@ class CaptureThread(threading.Thread):
     """Reads one source until it ends or ``stop`` is set, then sends its EOS."""
 
     def __init__(
-        self, spec: SourceSpec, ctx: zmq.Context, endpoint: str, hwm: int, policy: CaptureConfig, stop: threading.Event
+        self, spec: SourceSpec, ctx: zmq.Context, endpoint: str, hwm: int, policy: CaptureConfig, stop: threading.Event,
+        curve: CurveKeys | None = None,
     ) -> None:
         super().__init__(name=f"capture-{spec.camera}", daemon=True)
+        self.curve = curve
         self.spec, self.ctx, self.endpoint, self.hwm, self.policy, self.stop = spec, ctx, endpoint, hwm, policy, stop
         self.stats = CaptureStats()
         self.source_text = redact(spec.source)  # once: it is in every frame header
@@ -81,7 +83,7 @@ class CaptureThread(threading.Thread):
         self._drops = RateLimitedLog(log, 10.0)
 
     def run(self) -> None:
-        sock = push_socket(self.ctx, self.endpoint, self.hwm)
+        sock = push_socket(self.ctx, self.endpoint, self.hwm, curve=self.curve)
         sock.setsockopt(zmq.SNDTIMEO, EOS_TIMEOUT_MS)
         try:
             if self.spec.kind == "live":

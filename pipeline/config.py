@@ -85,6 +85,59 @@ class CaptureConfig(_Section):
     )
 
 
+Z85_KEY = re.compile(r"^[0-9a-zA-Z.:+=^!/*?&<>()\[\]{}@%$#-]{40}$")
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+class CurveConfig(_Section):
+    enabled: bool = Field(
+        default=False,
+        title="CurveZMQ",
+        description="Encrypt and authenticate the tcp links (required when transport.host is not loopback). "
+        "ipc links are protected by the data folder's permissions instead.",
+    )
+    key_file: Path | None = Field(
+        default=None,
+        title="Key pair file",
+        description="This node's key pair: the .key_secret file written by `scratchwatch keys generate` (mode 0600). "
+        "Relative paths resolve against the config file's folder.",
+    )
+    server_key: str | None = Field(
+        default=None,
+        title="Receivers' public key",
+        description="Z85 public key of the stages this node sends to (inference, incidents); null: this node's own "
+        "key (one key pair for a single-host install).",
+    )
+    allowed_keys: list[str] = Field(
+        default_factory=list,
+        title="Allowed senders",
+        description="Z85 public keys of the nodes allowed to send to this one; its own key is always allowed. "
+        "Any other peer is refused during the handshake and counted.",
+    )
+
+    @field_validator("server_key")
+    @classmethod
+    def _server_key(cls, value: str | None) -> str | None:
+        return value if value is None else _z85_key(value)
+
+    @field_validator("allowed_keys")
+    @classmethod
+    def _allowed_keys(cls, value: list[str]) -> list[str]:
+        return [_z85_key(key) for key in value]
+
+    @model_validator(mode="after")
+    def _key_file_when_enabled(self) -> CurveConfig:
+        if self.enabled and self.key_file is None:
+            raise ValueError("key_file is required when enabled (create one with `scratchwatch keys generate`)")
+        return self
+
+
+def _z85_key(value: str) -> str:
+    if not Z85_KEY.match(value):
+        raise ValueError("not a CurveZMQ public key: 40 Z85 characters, as in the .key file `scratchwatch keys generate` writes")
+    return value
+
+
 class TransportConfig(_Section):
     kind: Literal["ipc", "tcp"] = Field(
         default="ipc",
@@ -106,6 +159,14 @@ class TransportConfig(_Section):
         title="High-water mark",
         description="Messages queued per socket before senders block (files) or drop (live): small keeps latency low.",
     )
+    curve: CurveConfig = Field(default_factory=CurveConfig, title="CurveZMQ", description="Encryption and peer keys of tcp links.")
+
+    @model_validator(mode="after")
+    def _curve_across_hosts(self) -> TransportConfig:
+        """Anyone who can open the frames socket could inject frames or STOP: off-host means Curve."""
+        if self.kind == "tcp" and self.host not in LOOPBACK_HOSTS and not self.curve.enabled:
+            raise ValueError(f"host {self.host} is reachable from other machines: set transport.curve.enabled (and a key_file)")
+        return self
 
 
 DEFAULT_MODEL = Path("models/scratchwatch-yolov5n-480.onnx")  # the shipped model, relative to the repo
@@ -351,6 +412,9 @@ def _resolve(settings: Settings, base: Path) -> Settings:
     detector = settings.detector
     cars = detector.cars.model_copy(update={"model": _anchor(detector.cars.model, base)})
     update["detector"] = detector.model_copy(update={"model": _anchor(detector.model, base), "cars": cars})
+    if settings.transport.curve.key_file is not None:
+        curve = settings.transport.curve.model_copy(update={"key_file": _anchor(settings.transport.curve.key_file, base)})
+        update["transport"] = settings.transport.model_copy(update={"curve": curve})
     update["cameras"] = [
         camera if camera.is_live else camera.model_copy(update={"source": str(_anchor(Path(str(camera.source)), base))})
         for camera in settings.cameras

@@ -206,7 +206,7 @@ def _serve(stage: StageContext) -> dict[str, Any]:
     settings = stage.settings
     engine = connect_with_retry(settings.database_url, settings.database.connect_timeout_s)
     writer = IncidentWriter(IncidentRepository(engine), max_queue=settings.database.max_queue)
-    receiver = Receiver(pull_socket(stage.ctx, stage.endpoints.detections, settings.transport.hwm), settings.logging.rate_limit_s, "incidents", stage.events.beat)
+    receiver = Receiver(pull_socket(stage.ctx, stage.endpoints.detections, settings.transport.hwm, curve=stage.endpoints.curve), settings.logging.rate_limit_s, "incidents", stage.events.beat)
     worker = IncidentsStage(settings, writer, stage.events)
     stage.events.emit("ready", final=True)
     bad = RateLimitedLog(log, settings.logging.rate_limit_s)

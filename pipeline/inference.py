@@ -152,8 +152,8 @@ def _serve(stage: StageContext) -> dict[str, Any]:
     config, hwm = stage.settings.detector, stage.settings.transport.hwm
     detector = build_detector(config)
     damage = detector.damage
-    frames_in = pull_socket(stage.ctx, stage.endpoints.frames, hwm)
-    detections_out = push_socket(stage.ctx, stage.endpoints.detections, hwm)
+    frames_in = pull_socket(stage.ctx, stage.endpoints.frames, hwm, curve=stage.endpoints.curve)
+    detections_out = push_socket(stage.ctx, stage.endpoints.detections, hwm, curve=stage.endpoints.curve)
     receiver = Receiver(frames_in, stage.settings.logging.rate_limit_s, "inference", stage.events.beat)
     worker = InferenceStage(detector, receiver, detections_out, config.max_batch, stage.settings.logging.rate_limit_s)
     stage.events.emit(

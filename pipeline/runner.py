@@ -26,7 +26,7 @@ from pipeline.config import Settings
 from pipeline.incidents import incidents_main
 from pipeline.inference import inference_main
 from pipeline.messages import EventHeader, StopHeader, encode_control
-from pipeline.transport import Endpoints, Receiver, make_endpoints, pull_socket, push_socket, send
+from pipeline.transport import Endpoints, Receiver, close_context, make_endpoints, pull_socket, push_socket, send
 
 log = logging.getLogger(__name__)
 STAGES = {"incidents": incidents_main, "inference": inference_main}
@@ -138,7 +138,7 @@ class Supervisor:
             raise
         finally:
             self._kill_leftovers()
-            ctx.destroy(linger=0)
+            close_context(ctx, 0)
             self.endpoints.remove_files()
         return ReplayReport(
             files=list(self.results.values()),
@@ -173,7 +173,8 @@ class Supervisor:
     def _start_captures(self, ctx: zmq.Context) -> None:
         for spec in self.specs:
             thread = CaptureThread(
-                spec, ctx, self.endpoints.frames, self.settings.transport.hwm, self.settings.capture, self._capture_stop
+                spec, ctx, self.endpoints.frames, self.settings.transport.hwm, self.settings.capture, self._capture_stop,
+                curve=self.endpoints.curve,
             )
             self._captures.append(thread)
             thread.start()
@@ -204,7 +205,7 @@ class Supervisor:
         if any(name not in self._processes or not self._processes[name].is_alive() for name in STAGES):
             self._rescue_incidents(ctx, events)
             return
-        control = push_socket(ctx, self.endpoints.frames, 1)
+        control = push_socket(ctx, self.endpoints.frames, 1, curve=self.endpoints.curve)
         send(control, encode_control(StopHeader(sources=ended)))
         control.close()
         deadline = time.monotonic() + self.settings.database.flush_timeout_s + STOP_GRACE_S
@@ -224,7 +225,7 @@ class Supervisor:
         if process is None or not process.is_alive() or "incidents" in self._done:
             return
         log.warning("stopping the incidents stage directly so open incidents are closed and saved")
-        control = push_socket(ctx, self.endpoints.detections, 1)
+        control = push_socket(ctx, self.endpoints.detections, 1, curve=self.endpoints.curve)
         send(control, encode_control(StopHeader()))
         control.close()
         deadline = time.monotonic() + self.settings.database.flush_timeout_s + STOP_GRACE_S

@@ -21,7 +21,7 @@ import zmq
 from pipeline.config import Settings
 from pipeline.logs import setup_logging
 from pipeline.messages import EventHeader, encode_control
-from pipeline.transport import Endpoints, push_socket, send
+from pipeline.transport import Endpoints, close_context, push_socket, send
 
 log = logging.getLogger(__name__)
 EVENTS_HWM = 100
@@ -45,7 +45,7 @@ class EventSender:
         except zmq.Again:
             log.warning("%s: supervisor did not take the %s event", self.stage, event)
 
-    def beat(self) -> None:
+    def beat(self, **counters: Any) -> None:
         """Called from a stage's work loop (its Receiver polls), so a stuck loop stops beating.
 
         The supervisor's systemd watchdog pings only while every stage beats; a timer thread
@@ -54,7 +54,7 @@ class EventSender:
         now = time.monotonic()
         if now - self._last_beat >= HEARTBEAT_INTERVAL_S:
             self._last_beat = now
-            self.emit("heartbeat")
+            self.emit("heartbeat", **counters)
 
 
 @dataclass
@@ -89,5 +89,5 @@ def run_stage(name: str, settings: Settings, endpoints: Endpoints, parent_pid: i
         events.emit("error", final=True, message=str(exc) or repr(exc))
         code = 1
     finally:
-        ctx.destroy(linger=FINAL_EVENT_TIMEOUT_MS)
+        close_context(ctx, FINAL_EVENT_TIMEOUT_MS)
     sys.exit(code)

@@ -13,13 +13,16 @@ import socket
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
-from pipeline.config import Settings
+from pipeline.config import ConfigError, CurveConfig, Settings
 from pipeline.logs import RateLimitedLog
 from pipeline.messages import MalformedMessage, Message, decode
 
@@ -30,6 +33,35 @@ LINGER_MS = 30_000
 """A closed PUSH socket keeps delivering (an EOS behind a few frames) this long in the background."""
 
 
+HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+"""Monitor events of a refused peer: no key or the wrong server key (protocol), an unlisted key (auth)."""
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """This node's CurveZMQ identity and who it trusts; travels to the stages with the endpoints."""
+
+    public: bytes
+    secret: bytes = field(repr=False)
+    server_public: bytes
+    """The receiving stages' public key, for the sockets this node connects."""
+    allowed: frozenset[bytes]
+    """Public keys the sockets this node binds accept."""
+
+    @classmethod
+    def load(cls, config: CurveConfig) -> CurveKeys:
+        """Read ``config.key_file``; ConfigError names the file when it is missing or not a key pair."""
+        assert config.key_file is not None  # the config validator guarantees it when enabled
+        try:
+            public, secret = zmq.auth.load_certificate(config.key_file)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"transport.curve.key_file {config.key_file}: cannot read a key pair ({exc})") from None
+        if secret is None:
+            raise ConfigError(f"transport.curve.key_file {config.key_file}: holds no secret key (use the .key_secret file)")
+        server = config.server_key.encode() if config.server_key else public
+        return cls(public, secret, server, frozenset({public, *(key.encode() for key in config.allowed_keys)}))
+
+
 @dataclass(frozen=True)
 class Endpoints:
     frames: str
@@ -38,6 +70,8 @@ class Endpoints:
     """inference -> incidents (incidents binds)"""
     events: str
     """stages -> supervisor (supervisor binds)"""
+    curve: CurveKeys | None = None
+    """Set when the tcp links run CurveZMQ; every socket on frames/detections then uses it."""
 
     def remove_files(self) -> None:
         """libzmq leaves ipc socket files behind; the run that made them removes them."""
@@ -55,6 +89,7 @@ def make_endpoints(settings: Settings, tag: str | None = None) -> Endpoints:
             frames=_tcp(transport.host, transport.frames_port),
             detections=_tcp(transport.host, transport.detections_port),
             events=_tcp("127.0.0.1", 0),
+            curve=CurveKeys.load(transport.curve) if transport.curve.enabled else None,
         )
     run_dir = settings.data_dir / "run"
     if len(str(run_dir)) + len(tag) + 20 > IPC_PATH_MAX:
@@ -73,20 +108,70 @@ def _tcp(host: str, port: int) -> str:
     return f"tcp://{host}:{port}"
 
 
-def pull_socket(ctx: zmq.Context, endpoint: str, hwm: int, *, bind: bool = True) -> zmq.Socket:
+def pull_socket(ctx: zmq.Context, endpoint: str, hwm: int, *, bind: bool = True, curve: CurveKeys | None = None) -> zmq.Socket:
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.RCVHWM, hwm)
     sock.setsockopt(zmq.LINGER, 0)
+    _secure(ctx, sock, endpoint, curve, server=bind)
     sock.bind(endpoint) if bind else sock.connect(endpoint)
     return sock
 
 
-def push_socket(ctx: zmq.Context, endpoint: str, hwm: int, *, bind: bool = False) -> zmq.Socket:
+def push_socket(ctx: zmq.Context, endpoint: str, hwm: int, *, bind: bool = False, curve: CurveKeys | None = None) -> zmq.Socket:
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.LINGER, LINGER_MS)
+    _secure(ctx, sock, endpoint, curve, server=bind)
     sock.bind(endpoint) if bind else sock.connect(endpoint)
     return sock
+
+
+def _secure(ctx: zmq.Context, sock: zmq.Socket, endpoint: str, curve: CurveKeys | None, *, server: bool) -> None:
+    """CurveZMQ on tcp links: the binding side is the server and asks ZAP about each client key."""
+    if curve is None or not endpoint.startswith("tcp://"):
+        return
+    sock.curve_secretkey, sock.curve_publickey = curve.secret, curve.public
+    if server:
+        _authenticator(ctx).allow(curve.allowed)
+        sock.curve_server = True
+        sock.zap_domain = ZAP_DOMAIN
+    else:
+        sock.curve_serverkey = curve.server_public
+
+
+ZAP_DOMAIN = b"scratchwatch"
+_AUTHENTICATORS: dict[int, _KeyList] = {}
+
+
+class _KeyList:
+    """ZAP credentials provider: a client key is accepted only if it is listed."""
+
+    def __init__(self, ctx: zmq.Context) -> None:
+        self.keys: set[bytes] = set()
+        self.auth = ThreadAuthenticator(ctx, log=logging.getLogger("scratchwatch.zap"))
+        self.auth.start()
+        self.auth.configure_curve_callback(ZAP_DOMAIN.decode(), credentials_provider=self)
+
+    def allow(self, keys: frozenset[bytes]) -> None:
+        self.keys |= keys
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self.keys
+
+
+def _authenticator(ctx: zmq.Context) -> _KeyList:
+    """One ZAP handler per context (libzmq routes every ZAP request of a context to one socket)."""
+    if id(ctx) not in _AUTHENTICATORS:
+        _AUTHENTICATORS[id(ctx)] = _KeyList(ctx)
+    return _AUTHENTICATORS[id(ctx)]
+
+
+def close_context(ctx: zmq.Context, linger_ms: int) -> None:
+    """Stop the context's ZAP thread (it owns a socket) before destroying the context."""
+    keys = _AUTHENTICATORS.pop(id(ctx), None)
+    if keys is not None:
+        keys.auth.stop()
+    ctx.destroy(linger=linger_ms)
 
 
 def send(sock: zmq.Socket, parts: list[Any], *, block: bool = True) -> bool:
@@ -109,18 +194,22 @@ def send_until(sock: zmq.Socket, parts: list[Any], stop: threading.Event, poll_m
 class Receiver:
     """Decodes messages from a PULL socket; malformed ones are counted, logged and skipped."""
 
-    def __init__(self, sock: zmq.Socket, rate_limit_s: float, name: str, on_poll: Callable[[], None] | None = None) -> None:
+    def __init__(self, sock: zmq.Socket, rate_limit_s: float, name: str, on_poll: Callable[..., None] | None = None) -> None:
         self.sock = sock
         self.name = name
         self.malformed = 0
+        self.refused = 0
+        """Peers refused by CurveZMQ: no key, the wrong server key, or a key not in allowed_keys."""
         self.on_poll = on_poll
-        """Called on every receive: a stage's heartbeat (``EventSender.beat``) rides on its loop."""
+        """Called on every receive with the counters: a stage's heartbeat (``EventSender.beat``) rides on its loop."""
         self._log = RateLimitedLog(log, rate_limit_s)
+        self._monitor = sock.get_monitor_socket(HANDSHAKE_FAILED) if sock.getsockopt(zmq.CURVE_SERVER) else None
 
     def recv(self, timeout_ms: int) -> Message | None:
         """The next valid message, or None when nothing valid arrived within the timeout."""
+        self._count_refused()
         if self.on_poll is not None:
-            self.on_poll()
+            self.on_poll(malformed=self.malformed, refused=self.refused)
         if not self.sock.poll(timeout_ms, zmq.POLLIN):
             return None
         return self._decode(self.sock.recv_multipart(copy=False))
@@ -138,6 +227,13 @@ class Receiver:
             if message is not None:
                 messages.append(message)
         return messages
+
+    def _count_refused(self) -> None:
+        while self._monitor is not None and self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)
+            self.refused += 1
+            self._log.warning("refused", "%s: refused a peer on %s (handshake failed, event %#x): %d so far",
+                              self.name, event["endpoint"].decode(errors="replace"), event["event"], self.refused)
 
     def _decode(self, parts: list[Any]) -> Message | None:
         try:
