@@ -24,6 +24,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     generate.set_defaults(func=cmd_keys_generate)
 
 
+def register_incident_actions(isub: argparse._SubParsersAction) -> None:
+    """``incidents keep ID`` / ``unkeep ID``: protect an incident from retention, or lift it."""
+    for name, keep, text in (("keep", True, "protect an incident and its snapshots from retention"),
+                             ("unkeep", False, "let retention delete the incident again when it is due")):
+        action = isub.add_parser(name, help=text)
+        action.add_argument("id", type=int)
+        action.set_defaults(func=cmd_incidents_keep, keep=keep)
+
+
+def cmd_incidents_keep(args: argparse.Namespace) -> int:
+    import sys
+
+    from pipeline.cli import _repository
+
+    if not _repository(args).set_keep(args.id, args.keep):
+        print(f"scratchwatch: no incident with id {args.id}", file=sys.stderr)
+        return 1
+    print(f"incident {args.id}: {'kept (retention will not delete it)' if args.keep else 'no longer kept'}")
+    return 0
+
+
 def cmd_install_service(args: argparse.Namespace) -> int:
     from app.service import InstallPlan, install
     from pipeline.cli import _settings

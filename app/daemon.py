@@ -7,7 +7,11 @@ from pipeline.runner import STAGES, Observer
 
 
 def daemon_observers(settings: Settings) -> list[Observer]:
-    """The systemd watchdog (a no-op outside systemd)."""
+    """The systemd watchdog (a no-op outside systemd) and the retention cleanup."""
+    from app.retention import RetentionJob
     from app.systemd import ServiceWatchdog
 
-    return [ServiceWatchdog.from_environment(STAGES)]
+    observers: list[Observer] = [ServiceWatchdog.from_environment(STAGES)]
+    if settings.retention.enabled:
+        observers.append(RetentionJob(settings))
+    return observers

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 from app.cli import register as register_operations
+from app.cli import register_incident_actions
 from pipeline.config import ConfigError, Settings, load_settings
 from pipeline.logs import setup_logging
 
@@ -100,6 +101,7 @@ def _add_incidents(sub: argparse._SubParsersAction) -> None:
     review.add_argument("--note", help="free text kept with the verdict")
     review.add_argument("--by", help="reviewer name recorded (default: your user name)")
     review.set_defaults(func=cmd_incidents_review)
+    register_incident_actions(isub)
 
 
 _FILTER_HELP = {

@@ -284,6 +284,55 @@ class DatabaseConfig(_Section):
     )
 
 
+class RetentionLimits(_Section):
+    max_age_days: float | None = Field(
+        default=365.0,
+        gt=0,
+        title="Incident lifetime",
+        description="Incidents opened longer ago are deleted with their snapshots, unless kept (`incidents keep ID`). "
+        "null keeps them forever.",
+    )
+    snapshot_max_age_days: float | None = Field(
+        default=90.0,
+        gt=0,
+        title="Snapshot lifetime",
+        description="Snapshots of incidents opened longer ago are deleted; the incident row stays. null: as long as the row.",
+    )
+    max_snapshot_mb: float | None = Field(
+        default=None,
+        gt=0,
+        title="Snapshot disk budget",
+        description="Per camera: when its snapshot folder grows beyond this, the oldest snapshots are deleted first "
+        "(rows stay). null: no budget.",
+    )
+
+
+class RetentionConfig(RetentionLimits):
+    enabled: bool = Field(default=True, title="Cleanup enabled", description="Run the incremental cleanup inside `scratchwatch run`.")
+    interval_s: float = Field(default=600.0, gt=0, title="Cleanup interval", description="Seconds between cleanup passes.")
+    batch_size: int = Field(
+        default=200,
+        ge=1,
+        le=10_000,
+        title="Cleanup batch",
+        description="Incidents deleted or trimmed per transaction: small batches keep each write lock short "
+        "(the incidents writer never waits long).",
+    )
+    cameras: dict[str, RetentionLimits] = Field(
+        default_factory=dict,
+        title="Per-camera limits",
+        description="Camera id -> limits that replace the defaults above for that camera (keys not given inherit them).",
+    )
+
+    def limits(self, camera: str) -> RetentionLimits:
+        """The limits of one camera: its override's keys on top of the defaults."""
+        override = self.cameras.get(camera)
+        base = {name: getattr(self, name) for name in RetentionLimits.model_fields}
+        if override is not None:
+            base.update({name: getattr(override, name) for name in override.model_fields_set})
+        return RetentionLimits(**base)
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", title="Log level", description="Root log level of every stage.")
     rate_limit_s: float = Field(
@@ -333,6 +382,9 @@ class Settings(_Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig, title="Logging", description="Log level and rate limits.")
     replay: ReplayConfig = Field(default_factory=ReplayConfig, title="Replay", description="Settings of `scratchwatch replay`.")
     api: ApiConfig = Field(default_factory=ApiConfig, title="HTTP API", description="`scratchwatch serve`: the query API and web page.")
+    retention: RetentionConfig = Field(
+        default_factory=RetentionConfig, title="Retention", description="How long incidents and snapshots are kept, and the disk they may use."
+    )
 
     @model_validator(mode="after")
     def _unique_camera_ids(self) -> Settings:

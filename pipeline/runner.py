@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import zmq
 
@@ -88,13 +88,24 @@ class ReplayReport:
 ProgressCallback = Callable[["Supervisor"], None]
 
 
-class Observer(Protocol):
-    """Watches a run from the supervisor's thread (the systemd watchdog, metrics): must not block."""
+class Observer:
+    """Watches a run from the supervisor's thread (systemd watchdog, metrics, retention): must not block.
 
-    def on_ready(self, supervisor: Supervisor) -> None: ...
-    def on_event(self, stage: str, event: str, data: dict[str, Any]) -> None: ...
-    def on_tick(self, supervisor: Supervisor) -> None: ...
-    def on_stop(self, supervisor: Supervisor) -> None: ...
+    ``on_ready`` once the stages and captures are up, ``on_event`` for every stage event,
+    ``on_tick`` every poll of the supervisor's loop, ``on_stop`` when shutdown begins.
+    """
+
+    def on_ready(self, supervisor: Supervisor) -> None:
+        pass
+
+    def on_event(self, stage: str, event: str, data: dict[str, Any]) -> None:
+        pass
+
+    def on_tick(self, supervisor: Supervisor) -> None:
+        pass
+
+    def on_stop(self, supervisor: Supervisor) -> None:
+        pass
 
 
 class Supervisor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import CheckConstraint, DateTime, Double, ForeignKey, Index, MetaData, String
+from sqlalchemy import CheckConstraint, DateTime, Double, ForeignKey, Index, MetaData, String, false
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -143,3 +143,5 @@ class Incident(Base):
     """Capture time of the frame that opened the incident."""
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
     """When the row was first written: `recorded_at - captured_at` is capture-to-row latency."""
+    keep: Mapped[bool] = mapped_column(server_default=false())
+    """Protects the incident and its snapshots from retention cleanup (`incidents keep ID`)."""

@@ -65,6 +65,8 @@ class IncidentRecord:
     reviewed_by: str | None = None
     reviewed_at: datetime | None = None
     recorded_at: datetime | None = None
+    keep: bool = False
+    """Set by an operator (``set_keep``), never by the pipeline's saves."""
     id: int | None = None
 
     @property
@@ -74,7 +76,7 @@ class IncidentRecord:
 
 
 # Everything the pipeline may change on a later save of the same uid.
-_DB_OWNED = {"id", "uid", "recorded_at", "verdict", "review_note", "reviewed_by", "reviewed_at"}
+_DB_OWNED = {"id", "uid", "recorded_at", "verdict", "review_note", "reviewed_by", "reviewed_at", "keep"}
 _MUTABLE_COLUMNS = [c.key for c in Incident.__table__.columns if c.key not in _DB_OWNED]
 _UPSERT_INSERTS: dict[str, Callable[[Any], Any]] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
@@ -200,6 +202,12 @@ class IncidentRepository:
         )
         with self.engine.connect() as conn:
             return [DayCount(row.camera, str(row.day), row.incidents) for row in conn.execute(stmt)]
+
+    def set_keep(self, incident_id: int, keep: bool) -> bool:
+        """Protect an incident and its snapshots from retention (or lift that); False if no such id."""
+        with self.engine.begin() as conn:
+            result = conn.execute(update(Incident).where(Incident.id == incident_id).values(keep=keep))
+        return result.rowcount == 1
 
     def _camera_upsert(self, record: IncidentRecord) -> Insert:
         """Create the camera row, or widen its first_seen/last_seen to cover this incident."""

@@ -1,0 +1,228 @@
+"""Retention: delete old incidents and trim snapshots, a little at a time, inside the daemon.
+
+Every pass walks each camera's incidents along the ``(camera_id, opened_at)`` index in keyset
+batches of ``retention.batch_size``: a read picks the batch, then one short write transaction
+deletes (or trims) it and returns the ids it really touched, so an incident kept between the two
+(``incidents keep ID``) is never touched. Snapshot files are removed after that commit: a crash
+in between leaves a few orphan files, never a row pointing at evidence that was deleted while
+the row was kept. Files outside the snapshot folder are never deleted, whatever a row says.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, Row, and_, delete, false, or_, select, update
+
+from pipeline.config import RetentionConfig, Settings
+from pipeline.runner import Observer
+from pipeline.snapshots import resolve_snapshot, safe_name
+from storage.models import Camera, Incident
+
+log = logging.getLogger(__name__)
+SNAPSHOT_COLUMNS = ("snapshot_path", "crop_path", "car_path")
+PAUSE_S = 0.01
+"""Between two write transactions: the incidents writer gets the lock in between."""
+
+
+@dataclass
+class RetentionStats:
+    """Counters for metrics and the tests; ``lock_ms`` are the write transactions' durations."""
+
+    passes: int = 0
+    incidents_deleted: int = 0
+    snapshots_deleted: int = 0
+    bytes_freed: int = 0
+    max_lock_ms: float = 0.0
+    lock_ms: list[float] = field(default_factory=list, repr=False)
+
+    def locked(self, seconds: float) -> None:
+        ms = seconds * 1000
+        self.max_lock_ms = max(self.max_lock_ms, ms)
+        if len(self.lock_ms) < 100_000:
+            self.lock_ms.append(ms)
+
+
+class RetentionCleaner:
+    """One engine, one snapshot folder, the retention config; ``run_pass`` does one full pass."""
+
+    def __init__(self, engine: Engine, snapshot_root: Path, config: RetentionConfig, stop: threading.Event | None = None) -> None:
+        self.engine = engine
+        self.root = Path(snapshot_root).resolve()
+        self.config = config
+        self.stop = stop or threading.Event()
+        self.stats = RetentionStats()
+
+    def run_pass(self, now: datetime | None = None) -> None:
+        now = now or datetime.now(timezone.utc)
+        for camera in self._cameras():
+            limits = self.config.limits(camera)
+            if limits.max_age_days is not None:
+                self._expire_incidents(camera, now - timedelta(days=limits.max_age_days))
+            if limits.snapshot_max_age_days is not None:
+                self._expire_snapshots(camera, now - timedelta(days=limits.snapshot_max_age_days))
+            if limits.max_snapshot_mb is not None:
+                self._trim_to_budget(camera, int(limits.max_snapshot_mb * 1024 * 1024))
+        self.stats.passes += 1
+
+    def _cameras(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(Camera.id)).scalars())
+
+    def _expire_incidents(self, camera: str, cutoff: datetime) -> None:
+        for rows in self._batches(camera, Incident.opened_at < cutoff):
+            ids = self._write(delete(Incident).where(Incident.id.in_([r.id for r in rows]), Incident.keep == false()))
+            self.stats.incidents_deleted += len(ids)
+            self._remove_files([r for r in rows if r.id in ids])
+
+    def _expire_snapshots(self, camera: str, cutoff: datetime) -> None:
+        for rows in self._batches(camera, and_(Incident.opened_at < cutoff, _has_snapshot())):
+            self._remove_files(self._trim([r.id for r in rows], rows))
+
+    def _trim_to_budget(self, camera: str, budget: int) -> None:
+        excess = _folder_bytes(self.root / safe_name(camera)) - budget
+        for rows in self._batches(camera, _has_snapshot()):
+            if excess <= 0:
+                return
+            chosen = []
+            for row in rows:
+                chosen.append(row)
+                excess -= sum(self._size(p) for p in _paths(row))
+                if excess <= 0:
+                    break
+            self._remove_files(self._trim([r.id for r in chosen], chosen))
+
+    def _trim(self, ids: list[int], rows: list[Row[Any]]) -> list[Row[Any]]:
+        """Forget the snapshot paths of ``ids`` (rows stay); the rows really trimmed."""
+        trimmed = self._write(
+            update(Incident).where(Incident.id.in_(ids), Incident.keep == false()).values(dict.fromkeys(SNAPSHOT_COLUMNS))
+        )
+        return [r for r in rows if r.id in trimmed]
+
+    def _batches(self, camera: str, condition: Any) -> Iterator[list[Row[Any]]]:
+        """Keyset walk over ``(opened_at, id)`` of one camera's unkept incidents, oldest first."""
+        cursor: Row[Any] | None = None
+        columns = [getattr(Incident, c) for c in ("id", "opened_at", *SNAPSHOT_COLUMNS)]
+        while not self.stop.is_set():
+            stmt = select(*columns).where(Incident.camera_id == camera, Incident.keep == false(), condition)
+            if cursor is not None:
+                stmt = stmt.where(or_(Incident.opened_at > cursor.opened_at, and_(Incident.opened_at == cursor.opened_at, Incident.id > cursor.id)))
+            with self.engine.connect() as conn:
+                rows = list(conn.execute(stmt.order_by(Incident.opened_at, Incident.id).limit(self.config.batch_size)))
+            if not rows:
+                return
+            yield rows
+            cursor = rows[-1]
+            time.sleep(PAUSE_S)
+
+    def _write(self, stmt: Any) -> set[int]:
+        """One short write transaction; returns the ids it touched."""
+        started = time.perf_counter()
+        with self.engine.begin() as conn:
+            ids = set(conn.execute(stmt.returning(Incident.id)).scalars())
+        self.stats.locked(time.perf_counter() - started)
+        return ids
+
+    def _remove_files(self, rows: list[Row[Any]]) -> None:
+        for row in rows:
+            for path in _paths(row):
+                self._unlink(resolve_snapshot(self.root, path))
+
+    def _unlink(self, path: Path) -> None:
+        target = path.resolve()
+        if not target.is_relative_to(self.root):
+            log.warning("retention: %s is outside the snapshot folder %s; not deleted", path, self.root)
+            return
+        size = self._size(str(target))
+        try:
+            target.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("retention: cannot delete %s: %s", target, exc)
+            return
+        self.stats.snapshots_deleted += 1
+        self.stats.bytes_freed += size
+        try:
+            target.parent.rmdir()  # the day's folder, once its last snapshot is gone
+        except OSError:
+            pass
+
+    def _size(self, stored: str) -> int:
+        try:
+            return resolve_snapshot(self.root, stored).stat().st_size
+        except OSError:
+            return 0
+
+
+def _has_snapshot() -> Any:
+    return or_(*(getattr(Incident, c).is_not(None) for c in SNAPSHOT_COLUMNS))
+
+
+def _paths(row: Row[Any]) -> list[str]:
+    return [getattr(row, c) for c in SNAPSHOT_COLUMNS if getattr(row, c)]
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+class RetentionJob(Observer):
+    """A supervisor observer: runs ``RetentionCleaner`` passes on a thread while the daemon runs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stop = threading.Event()
+        self.cleaner: RetentionCleaner | None = None
+        self._thread = threading.Thread(target=self._loop, name="retention", daemon=True)
+
+    @property
+    def stats(self) -> RetentionStats:
+        return self.cleaner.stats if self.cleaner else RetentionStats()
+
+    def on_ready(self, supervisor: Any) -> None:
+        self._thread.start()
+
+    def on_stop(self, supervisor: Any) -> None:
+        self.stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def _loop(self) -> None:
+        from storage.db import connect
+
+        while not self.stop.is_set():
+            try:
+                if self.cleaner is None:
+                    engine = connect(self.settings.database_url)
+                    self.cleaner = RetentionCleaner(engine, self.settings.data_dir / "snapshots", self.settings.retention, self.stop)
+                self._pass()
+            except Exception as exc:  # the database may be down: try again next interval
+                log.warning("retention pass failed, retrying in %.0fs: %s", self.settings.retention.interval_s, exc)
+            self.stop.wait(self.settings.retention.interval_s)
+        if self.cleaner is not None:
+            self.cleaner.engine.dispose()
+
+    def _pass(self) -> None:
+        assert self.cleaner is not None
+        before = (self.cleaner.stats.incidents_deleted, self.cleaner.stats.snapshots_deleted)
+        self.cleaner.run_pass()
+        after = (self.cleaner.stats.incidents_deleted, self.cleaner.stats.snapshots_deleted)
+        if after != before:
+            log.info("retention: deleted %d incidents and %d snapshot files (longest write lock %.0f ms)",
+                     after[0] - before[0], after[1] - before[1], self.cleaner.stats.max_lock_ms)
