@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 SourceKind = Literal["live", "replay"]
-Side = Annotated[int, Field(ge=1)]
+Side = Annotated[int, Field(ge=0)]
 DETECTION_COLUMNS = 12
 """x1 y1 x2 y2 score cls of the damage, then car x1 y1 x2 y2 score track (-1: no car), frame pixels."""
 DAMAGE_COLUMNS = 6
@@ -46,7 +46,7 @@ class FrameHeader(_Header):
     captured_ns: int = Field(ge=0, description="UTC capture time, ns since the epoch")
     media_time_s: float | None = Field(default=None, description="position in the file; None for live sources")
     shape: tuple[Side, Side, Side]
-    """(height, width, channels); a side below 1 is malformed (a negative one would crash reshape)."""
+    """(height, width, channels); a negative side is malformed (numpy would read it as "infer this axis")."""
     dtype: Literal["uint8"] = "uint8"
 
     @property
