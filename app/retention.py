@@ -25,6 +25,7 @@ from sqlalchemy import Engine, Row, and_, delete, false, or_, select, update
 from pipeline.config import RetentionConfig, Settings
 from pipeline.runner import Observer
 from pipeline.snapshots import resolve_snapshot, safe_name
+from storage.db import write_transaction
 from storage.models import Camera, Incident
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,8 @@ class RetentionCleaner:
 
     def _write(self, stmt: Any) -> set[int]:
         """One short write transaction; returns the ids it touched."""
-        started = time.perf_counter()
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
+            started = time.perf_counter()  # the lock is held from here (BEGIN IMMEDIATE) to the commit
             ids = set(conn.execute(stmt.returning(Incident.id)).scalars())
         self.stats.locked(time.perf_counter() - started)
         return ids

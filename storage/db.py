@@ -8,7 +8,8 @@ default; PostgreSQL is used by URL (`postgresql+psycopg://...`).
 from __future__ import annotations
 
 import time
-
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,19 @@ def migrate(engine: Engine) -> None:
         with conn.begin():
             _take_migration_lock(conn)
             _migrate_locked(conn)
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that takes SQLite's write lock at BEGIN (IMMEDIATE) rather than at its first write.
+
+    Waiting for another writer then happens before any work, so the time inside the block is
+    the time the lock is held, and a read-then-write never fails on a snapshot gone stale.
+    """
+    with engine.connect() as conn:
+        conn.execution_options(**{_SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+        with conn.begin():
+            yield conn
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
