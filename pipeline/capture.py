@@ -60,6 +60,10 @@ class CaptureStats:
 
     sent: int = 0
     dropped: int = 0
+    reconnects: int = 0
+    """Live sources: times the stream was lost or could not be opened after it had been."""
+    last_frame_ns: int | None = None
+    """UTC time of the last frame read for sending (sent or dropped): the camera is delivering."""
     expected: int | None = None
     state: str = "starting"
     error: str | None = None
@@ -154,6 +158,7 @@ class CaptureThread(threading.Thread):
             finally:
                 cap.release()
             if not self.stop.is_set():
+                self.stats.reconnects += 1
                 self._set_state("lost", "reconnecting")
                 self.stop.wait(backoff.next())
 
@@ -179,12 +184,13 @@ class CaptureThread(threading.Thread):
         return False
 
     def _frame(self, image: np.ndarray, media_time: float | None) -> list:
+        self.stats.last_frame_ns = now_ns()
         header = FrameHeader(
             camera=self.spec.camera,
             kind=self.spec.kind,
             source=self.source_text,
             seq=self.stats.sent,
-            captured_ns=now_ns(),
+            captured_ns=self.stats.last_frame_ns,
             media_time_s=media_time,
             shape=image.shape,
         )

@@ -333,6 +333,17 @@ class RetentionConfig(RetentionLimits):
         return RetentionLimits(**base)
 
 
+class MetricsConfig(_Section):
+    enabled: bool = Field(default=True, title="Metrics endpoint", description="Serve Prometheus metrics from `scratchwatch run`.")
+    host: str = Field(
+        default="127.0.0.1",
+        title="Metrics host",
+        description="Interface of the endpoint; loopback by default (camera ids are in the labels): put a reverse proxy "
+        "or an SSH tunnel in front rather than binding 0.0.0.0.",
+    )
+    port: int = Field(default=9321, ge=0, le=65535, title="Metrics port", description="http://host:port/metrics; 0 picks a free port (logged).")
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", title="Log level", description="Root log level of every stage.")
     rate_limit_s: float = Field(
@@ -382,6 +393,7 @@ class Settings(_Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig, title="Logging", description="Log level and rate limits.")
     replay: ReplayConfig = Field(default_factory=ReplayConfig, title="Replay", description="Settings of `scratchwatch replay`.")
     api: ApiConfig = Field(default_factory=ApiConfig, title="HTTP API", description="`scratchwatch serve`: the query API and web page.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, title="Metrics", description="Prometheus endpoint of the daemon.")
     retention: RetentionConfig = Field(
         default_factory=RetentionConfig, title="Retention", description="How long incidents and snapshots are kept, and the disk they may use."
     )

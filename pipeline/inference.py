@@ -9,6 +9,7 @@ frames that preceded them.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ import zmq
 from pipeline.car_gate import CarGatedDetector, build_detector
 from pipeline.logs import RateLimitedLog
 from pipeline.messages import EosHeader, Frame, Message, StopHeader, encode_control, encode_detections
-from pipeline.stage import StageContext, run_stage
+from pipeline.stage import Histogram, StageContext, run_stage
 from pipeline.transport import Endpoints, Receiver, pull_socket, push_socket, send
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class InferenceStage:
         self.frames = self.batches = self.dropped = self.errors = 0
         self.cars = self.inferences = 0
         self.eos_seen: set[str] = set()
+        self.latency = Histogram()
+        """Seconds per ``detector.detect`` call (one batch)."""
         self.stop_waiting: set[str] | None = None
         self._log = RateLimitedLog(log, rate_limit_s)
 
@@ -96,11 +99,13 @@ class InferenceStage:
             "malformed": self.receiver.malformed,
             "cars": self.cars,
             "damage_inferences": self.inferences,
+            "latency": self.latency.snapshot(),
         }
 
     def _infer(self, batch: list[Frame]) -> None:
         if not batch:
             return
+        started = time.perf_counter()
         try:
             results = self.detector.detect([frame.image for frame in batch], [frame.header for frame in batch])
         except Exception:
@@ -111,6 +116,7 @@ class InferenceStage:
                 self._infer([frame])
             return
         self.batches += 1
+        self.latency.observe(time.perf_counter() - started)
         damage = self.detector.damage
         for frame, result in zip(batch, results):
             self.frames += 1
@@ -156,6 +162,7 @@ def _serve(stage: StageContext) -> dict[str, Any]:
     detections_out = push_socket(stage.ctx, stage.endpoints.detections, hwm, curve=stage.endpoints.curve)
     receiver = Receiver(frames_in, stage.settings.logging.rate_limit_s, "inference", stage.events.beat)
     worker = InferenceStage(detector, receiver, detections_out, config.max_batch, stage.settings.logging.rate_limit_s)
+    stage.events.stats_source = worker.stats
     stage.events.emit(
         "ready", final=True, providers=damage.providers, model=str(damage.model_path), imgsz=list(damage.imgsz),
         conf_threshold=damage.conf_threshold, car_gate=config.car_gate,

@@ -29,6 +29,27 @@ FINAL_EVENT_TIMEOUT_MS = 5000
 HEARTBEAT_INTERVAL_S = 1.0
 
 
+class Histogram:
+    """Cumulative bucket counts a stage reports in its heartbeats (Prometheus-style ``le`` buckets)."""
+
+    BOUNDS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(self.BOUNDS_S)
+        self.count = 0
+        self.sum_s = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.count += 1
+        self.sum_s += seconds
+        for index, bound in enumerate(self.BOUNDS_S):
+            if seconds <= bound:
+                self.counts[index] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"bounds_s": list(self.BOUNDS_S), "counts": list(self.counts), "count": self.count, "sum_s": self.sum_s}
+
+
 class EventSender:
     """Stage -> supervisor notices; progress never blocks a stage, final events wait a little."""
 
@@ -37,6 +58,8 @@ class EventSender:
         self.sock = push_socket(ctx, endpoint, EVENTS_HWM)
         self.sock.setsockopt(zmq.SNDTIMEO, FINAL_EVENT_TIMEOUT_MS)
         self._last_beat = 0.0
+        self.stats_source: Callable[[], dict[str, Any]] | None = None
+        """The stage's counters, sent with each heartbeat (the supervisor's metrics read them)."""
 
     def emit(self, event: str, *, final: bool = False, **data: Any) -> None:
         parts = encode_control(EventHeader(stage=self.stage, event=event, data=data))
@@ -54,7 +77,7 @@ class EventSender:
         now = time.monotonic()
         if now - self._last_beat >= HEARTBEAT_INTERVAL_S:
             self._last_beat = now
-            self.emit("heartbeat", **counters)
+            self.emit("heartbeat", **{**counters, **(self.stats_source() if self.stats_source else {})})
 
 
 @dataclass

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -120,30 +121,58 @@ def test_pings_only_while_every_stage_reports(notify_socket: NotifySocket) -> No
     assert watchdog.pings <= before + 1  # at most the ping due before stall_s (0.3 s) ran out
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _camera_clip(tmp_path: Path) -> Path:
     """30 s at 10 fps, paced in real time: the camera outlives the test."""
     return write_clip(tmp_path / "cam.mp4", 300, [Mark(0, 5, (100, 100, 20, 20))], size=(160, 120))
 
 
+def _scrape(port: int) -> dict[str, float]:
+    """``name{labels}`` -> value, from the daemon's real endpoint."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line and not line.startswith("#")}
+
+
 def test_run_under_a_fake_systemd_pings_and_stops_pinging_for_a_stalled_stage(
     tmp_path: Path, red_model: Path, notify_socket: NotifySocket
 ) -> None:
+    """One daemon, three checks: the watchdog protocol, the metrics endpoint, logs fit for journald."""
     config = tmp_path / "config.yaml"
+    port = _free_port()
     config.write_text(yaml.safe_dump({
         "data_dir": str(tmp_path / "data"),
         "cameras": [{"id": "cam", "source": str(_camera_clip(tmp_path)), "fps": 5, "realtime": True}],
         "detector": {"model": str(red_model), "provider": "cpu", "threads": 1},
+        "metrics": {"port": port},
     }))
     env = {**os.environ, "NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "3000000", "PYTHONUNBUFFERED": "1"}
     env.pop("WATCHDOG_PID", None)
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "--config", str(config), "run"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        ready = notify_socket.wait_for("READY", 60)
+        try:
+            ready = notify_socket.wait_for("READY", 60)
+        except AssertionError:
+            proc.kill()
+            raise AssertionError(proc.communicate()[1][-3000:]) from None
         pids = dict((name, int(pid)) for name, pid in re.findall(r"(\w+) \(pid (\d+)\)", ready["STATUS"]))
         assert set(pids) == {"inference", "incidents"}
         pings = [m for m in notify_socket.collect(3.5) if "WATCHDOG" in m]
         assert len(pings) >= 2, "a ping every WatchdogSec/3 while the stages make progress"
+        metrics = _scrape(port)
+        assert metrics['scratchwatch_frames_analysed_total{camera="cam"}'] > 0
+        assert metrics['scratchwatch_frames_captured_total{camera="cam"}'] >= metrics['scratchwatch_frames_analysed_total{camera="cam"}']
+        assert metrics['scratchwatch_camera_up{camera="cam"}'] == 1
+        assert metrics["scratchwatch_inference_batch_seconds_count"] > 0
+        for stage in ("inference", "incidents"):
+            assert time.time() - metrics[f'scratchwatch_stage_last_heartbeat_timestamp_seconds{{stage="{stage}"}}'] < 3
+        assert metrics["scratchwatch_retention_incidents_deleted_total"] == 0
 
         os.kill(pids["inference"], signal.SIGSTOP)  # a stage stuck in a call: alive, no progress
         try:
@@ -157,6 +186,9 @@ def test_run_under_a_fake_systemd_pings_and_stops_pinging_for_a_stalled_stage(
         proc.send_signal(signal.SIGTERM)
         notify_socket.wait_for("STOPPING", 10)
         assert proc.wait(60) == 0
+        logs = proc.stderr.read()
+        assert "\x1b[" not in logs, "no ANSI colours when stderr is not a terminal (journald)"
+        assert f"metrics on http://127.0.0.1:{port}/metrics" in logs
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,0 +1,129 @@
+"""The daemon's Prometheus endpoint, served by the supervisor process.
+
+Nothing is counted twice: at scrape time a collector reads what the supervisor already knows
+(capture threads' counters, the incidents stage's per-camera counts, the last event of each stage
+and the counters stages send with their heartbeats, retention's totals). The stages need no
+HTTP server and no shared memory; a scrape can never slow the pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from pipeline.config import MetricsConfig
+from pipeline.runner import Observer
+
+log = logging.getLogger(__name__)
+LIVE_STATES = ("connected", "reading")
+
+
+class MetricsExporter(Observer):
+    """An observer of the supervisor that is also a Prometheus collector."""
+
+    def __init__(self, config: MetricsConfig, retention: Any = None) -> None:
+        self.config = config
+        self.retention = retention
+        """The RetentionJob, whose ``stats`` hold the deletion totals (None when retention is off)."""
+        self.supervisor: Any = None
+        self.last_event: dict[str, float] = {}
+        self.stage_counters: dict[str, dict[str, Any]] = {}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+        self.server: Any = None
+
+    def start(self) -> None:
+        """Serve from now on (model loading included); a port in use costs the metrics, not the daemon."""
+        try:
+            self.server, _thread = start_http_server(self.config.port, addr=self.config.host, registry=self.registry)
+        except OSError as exc:
+            log.error("metrics endpoint %s:%d not started: %s", self.config.host, self.config.port, exc)
+            return
+        log.info("metrics on http://%s:%d/metrics", self.config.host, self.server.server_port)
+
+    @property
+    def port(self) -> int | None:
+        return self.server.server_port if self.server else None
+
+    def on_ready(self, supervisor: Any) -> None:
+        self.supervisor = supervisor
+
+    def on_event(self, stage: str, event: str, data: dict[str, Any]) -> None:
+        self.last_event[stage] = time.time()
+        if event in ("heartbeat", "done"):
+            self.stage_counters[stage] = data
+
+    def on_stop(self, supervisor: Any) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._cameras()
+        yield from self._stages()
+        yield from self._inference()
+        yield from self._retention()
+
+    def _cameras(self) -> Iterator[Metric]:
+        families = {
+            "in": CounterMetricFamily("scratchwatch_frames_captured", "Frames read from the camera for analysis", labels=["camera"]),
+            "dropped": CounterMetricFamily("scratchwatch_frames_dropped", "Live frames dropped because inference was busy", labels=["camera"]),
+            "analysed": CounterMetricFamily("scratchwatch_frames_analysed", "Frames that went through the detector", labels=["camera"]),
+            "reconnects": CounterMetricFamily("scratchwatch_camera_reconnects", "Times a live stream was lost", labels=["camera"]),
+            "incidents": CounterMetricFamily("scratchwatch_incidents_opened", "Incidents opened", labels=["camera"]),
+            "up": GaugeMetricFamily("scratchwatch_camera_up", "1 while the camera delivers frames", labels=["camera"]),
+            "last": GaugeMetricFamily("scratchwatch_camera_last_frame_timestamp_seconds", "UTC time of the last frame", labels=["camera"]),
+        }
+        for thread in self.supervisor.captures if self.supervisor else []:
+            camera, stats = [thread.spec.camera], thread.stats
+            result = self.supervisor.results.get(thread.spec.camera)
+            families["in"].add_metric(camera, stats.sent + stats.dropped)
+            families["dropped"].add_metric(camera, stats.dropped)
+            families["reconnects"].add_metric(camera, stats.reconnects)
+            families["up"].add_metric(camera, 1.0 if stats.state in LIVE_STATES and not stats.finished else 0.0)
+            if stats.last_frame_ns:
+                families["last"].add_metric(camera, stats.last_frame_ns / 1e9)
+            if result is not None:
+                families["analysed"].add_metric(camera, result.frames)
+                families["incidents"].add_metric(camera, result.incidents)
+        yield from families.values()
+
+    def _stages(self) -> Iterator[Metric]:
+        last = GaugeMetricFamily("scratchwatch_stage_last_heartbeat_timestamp_seconds", "Time of the stage's last event", labels=["stage"])
+        malformed = CounterMetricFamily("scratchwatch_messages_malformed", "Malformed messages skipped", labels=["stage"])
+        refused = CounterMetricFamily("scratchwatch_peers_refused", "CurveZMQ handshakes refused", labels=["stage"])
+        for stage, at in sorted(self.last_event.items()):
+            last.add_metric([stage], at)
+        for stage, data in sorted(self.stage_counters.items()):
+            if isinstance(data.get("malformed"), int):
+                malformed.add_metric([stage], data["malformed"])
+            if isinstance(data.get("refused"), int):
+                refused.add_metric([stage], data["refused"])
+        yield from (last, malformed, refused)
+
+    def _inference(self) -> Iterator[Metric]:
+        data = self.stage_counters.get("inference", {})
+        latency = data.get("latency")
+        if isinstance(latency, dict):
+            histogram = HistogramMetricFamily("scratchwatch_inference_batch_seconds", "Detector time per batch")
+            buckets = [(str(b), float(c)) for b, c in zip(latency["bounds_s"], latency["counts"])]
+            histogram.add_metric([], [*buckets, ("+Inf", float(latency["count"]))], sum_value=latency["sum_s"])
+            yield histogram
+        for key, help_text in (("batches", "Detector batches run"), ("errors", "Frames the detector failed on")):
+            if isinstance(data.get(key), int):
+                yield CounterMetricFamily(f"scratchwatch_inference_{key}", help_text, value=data[key])
+
+    def _retention(self) -> Iterator[Metric]:
+        if self.retention is None:
+            return
+        stats = self.retention.stats
+        yield CounterMetricFamily("scratchwatch_retention_incidents_deleted", "Incidents deleted by retention", value=stats.incidents_deleted)
+        yield CounterMetricFamily("scratchwatch_retention_snapshots_deleted", "Snapshot files deleted by retention", value=stats.snapshots_deleted)
+        yield CounterMetricFamily("scratchwatch_retention_freed_bytes", "Bytes of snapshots deleted by retention", value=stats.bytes_freed)
+        yield GaugeMetricFamily("scratchwatch_retention_max_lock_seconds", "Longest write transaction of retention", value=stats.max_lock_ms / 1000)
