@@ -237,3 +237,27 @@ def test_install_service_under_a_prefix(tmp_path: Path, capsys: pytest.CaptureFi
         verify = subprocess.run([SYSTEMD_ANALYZE, "verify", str(unit)], capture_output=True, text=True, timeout=60)
         assert verify.returncode == 0, verify.stderr
         assert _exposure(unit) <= MAX_EXPOSURE
+
+
+MDWE_RUNNER = """
+import ctypes, sys
+if ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, REFUSE_EXEC_GAIN
+    sys.exit(77)
+from pipeline.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_the_pipeline_runs_under_memory_deny_write_execute(tmp_path: Path, two_mark_clip: Path) -> None:
+    """The unit sets MemoryDenyWriteExecute=yes: the kernel's PR_SET_MDWE is the same rule, and the
+    spawned stages inherit it, so the shipped model and OpenCV must work without W+X memory."""
+    repo = Path(__file__).resolve().parents[2]
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"),
+                                      "detector": {"model": str(repo / "models/scratchwatch-yolov5n-480.onnx"), "provider": "cpu"}}))
+    result = subprocess.run([sys.executable, "-c", MDWE_RUNNER, "--config", str(config), "replay", "--no-progress", str(two_mark_clip)],
+                            capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(repo)})
+    if result.returncode == 77:
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "60 frames" in result.stdout and ", ok" in result.stdout
