@@ -16,6 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     service.add_argument("--prefix", type=Path, help="write everything under this folder instead of / (no user is created)")
     service.set_defaults(func=cmd_install_service)
 
+    status = sub.add_parser("status", help="health of the running daemon: cameras, frames, reconnects, heartbeats")
+    status.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    status.set_defaults(func=cmd_status)
+
     keys = sub.add_parser("keys", help="CurveZMQ keys for tcp links between hosts")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     generate = ksub.add_parser("generate", help="write NAME.key (public) and NAME.key_secret (0600)")
@@ -53,6 +57,22 @@ def cmd_install_service(args: argparse.Namespace) -> int:
     for line in install(plan, _settings(args)):
         print(line)
     print("next: systemctl daemon-reload && systemctl enable --now scratchwatch; logs: journalctl -u scratchwatch -f")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from app.status import DaemonUnreachableError, format_status, read_status
+    from pipeline.config import load_settings
+
+    try:
+        status = read_status(load_settings(args.config).metrics)
+    except DaemonUnreachableError as exc:
+        print(f"scratchwatch: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
     return 0
 
 

@@ -140,9 +140,9 @@ def _scrape(port: int) -> dict[str, float]:
 
 
 def test_run_under_a_fake_systemd_pings_and_stops_pinging_for_a_stalled_stage(
-    tmp_path: Path, red_model: Path, notify_socket: NotifySocket
+    tmp_path: Path, red_model: Path, notify_socket: NotifySocket, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """One daemon, three checks: the watchdog protocol, the metrics endpoint, logs fit for journald."""
+    """One daemon, four checks: the watchdog protocol, the metrics endpoint, `status`, logs fit for journald."""
     config = tmp_path / "config.yaml"
     port = _free_port()
     config.write_text(yaml.safe_dump({
@@ -173,6 +173,9 @@ def test_run_under_a_fake_systemd_pings_and_stops_pinging_for_a_stalled_stage(
         for stage in ("inference", "incidents"):
             assert time.time() - metrics[f'scratchwatch_stage_last_heartbeat_timestamp_seconds{{stage="{stage}"}}'] < 3
         assert metrics["scratchwatch_retention_incidents_deleted_total"] == 0
+        assert main(["--config", str(config), "status"]) == 0
+        table = capsys.readouterr().out
+        assert re.search(r"^cam\s+up\s+\d+\.\d s ago", table, re.M) and re.search(r"^inference\s+\d+\.\d s ago", table, re.M), table
 
         os.kill(pids["inference"], signal.SIGSTOP)  # a stage stuck in a call: alive, no progress
         try:
@@ -209,6 +212,13 @@ def test_shipped_unit_is_hardened() -> None:
     for line in ("Type=notify", "WatchdogSec=", "StateDirectory=scratchwatch", "LogsDirectory=scratchwatch",
                  "SystemCallFilter=@system-service", "CapabilityBoundingSet=\n", "NoNewPrivileges=yes"):
         assert line in text
+
+
+def test_status_without_a_daemon_says_where_it_looked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"metrics": {"port": _free_port()}}))
+    assert main(["--config", str(config), "status"]) == 1
+    assert "no daemon answering on http://127.0.0.1:" in capsys.readouterr().err
 
 
 def test_install_service_under_a_prefix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
