@@ -25,6 +25,7 @@ from tests.pipeline.synthetic import Mark, write_clip
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze not installed (apt-get install systemd)")
 MAX_EXPOSURE = 2.0
+SECRET = "hunter2-camera-password"
 
 
 class NotifySocket:
@@ -142,12 +143,14 @@ def _scrape(port: int) -> dict[str, float]:
 def test_run_under_a_fake_systemd_pings_and_stops_pinging_for_a_stalled_stage(
     tmp_path: Path, red_model: Path, notify_socket: NotifySocket, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """One daemon, four checks: the watchdog protocol, the metrics endpoint, `status`, logs fit for journald."""
+    """One daemon, five checks: the watchdog protocol, the metrics endpoint, `status`, logs fit for
+    journald, and a camera password that appears in no log line, metric or process command line."""
     config = tmp_path / "config.yaml"
     port = _free_port()
     config.write_text(yaml.safe_dump({
         "data_dir": str(tmp_path / "data"),
-        "cameras": [{"id": "cam", "source": str(_camera_clip(tmp_path)), "fps": 5, "realtime": True}],
+        "cameras": [{"id": "cam", "source": str(_camera_clip(tmp_path)), "fps": 5, "realtime": True},
+                    {"id": "door", "source": f"rtsp://admin:{SECRET}@127.0.0.1:{_free_port()}/stream"}],  # nobody listens
         "detector": {"model": str(red_model), "provider": "cpu", "threads": 1},
         "metrics": {"port": port},
     }))
@@ -173,6 +176,10 @@ def test_run_under_a_fake_systemd_pings_and_stops_pinging_for_a_stalled_stage(
         for stage in ("inference", "incidents"):
             assert time.time() - metrics[f'scratchwatch_stage_last_heartbeat_timestamp_seconds{{stage="{stage}"}}'] < 3
         assert metrics["scratchwatch_retention_incidents_deleted_total"] == 0
+        assert metrics['scratchwatch_camera_up{camera="door"}'] == 0
+        assert not any(SECRET in key for key in metrics)
+        for pid in (proc.pid, *pids.values()):
+            assert SECRET.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
         assert main(["--config", str(config), "status"]) == 0
         table = capsys.readouterr().out
         assert re.search(r"^cam\s+up\s+\d+\.\d s ago", table, re.M) and re.search(r"^inference\s+\d+\.\d s ago", table, re.M), table
@@ -191,6 +198,7 @@ def test_run_under_a_fake_systemd_pings_and_stops_pinging_for_a_stalled_stage(
         assert proc.wait(60) == 0
         logs = proc.stderr.read()
         assert "\x1b[" not in logs, "no ANSI colours when stderr is not a terminal (journald)"
+        assert "camera door (rtsp://admin:***@127.0.0.1" in logs and SECRET not in logs
         assert f"metrics on http://127.0.0.1:{port}/metrics" in logs
     finally:
         if proc.poll() is None:

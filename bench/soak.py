@@ -1,0 +1,205 @@
+"""Soak: the daemon against live cameras for a while; does anything grow that should not?
+
+Each camera is a clip looped in real time by Debian's ffmpeg as an MPEG-TS stream on loopback
+(a real network source for OpenCV). `scratchwatch run` analyses them for ``--seconds``; every
+second the process tree's RSS and open file descriptors are sampled and the daemon's metrics
+endpoint is scraped. After a warm-up (the first quarter, at least 10 s):
+
+- RSS of the supervisor and its stages grows by at most 5 %;
+- open file descriptors do not grow;
+- the backlog (frames captured - analysed - dropped) does not grow: no queue builds up;
+- after a clean stop, every incident the incidents stage opened is in the database, once.
+
+Prints one JSON object; exit 0 only if every check holds.
+
+    python bench/soak.py --clip demo/intel_car-detection.mp4 --cameras 2 --seconds 1800
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+MAX_RSS_GROWTH = 0.05
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clip", type=Path, default=REPO / "demo/intel_car-detection.mp4")
+    parser.add_argument("--cameras", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--fps", type=float, default=5.0, help="analysed frames per second per camera")
+    parser.add_argument("--model", type=Path, default=REPO / "models/scratchwatch-yolov5n-480.onnx")
+    args = parser.parse_args(argv)
+    report = soak(args.clip, args.cameras, args.seconds, args.fps, args.model)
+    print(json.dumps(report, indent=2))
+    return 0 if report["ok"] else 1
+
+
+def soak(clip: Path, cameras: int, seconds: float, fps: float, model: Path) -> dict[str, Any]:
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise SystemExit("soak: ffmpeg is needed to serve the clips as live streams (apt-get install ffmpeg)")
+    with tempfile.TemporaryDirectory(prefix="scratchwatch-soak-") as folder:
+        work = Path(folder)
+        ports = [_free_port() for _ in range(cameras)]
+        servers = [_serve(ffmpeg, clip, port) for port in ports]
+        metrics_port = _free_port()
+        config = work / "config.yaml"
+        config.write_text(yaml.safe_dump({
+            "data_dir": str(work / "data"),
+            "cameras": [{"id": f"cam{i}", "source": f"tcp://127.0.0.1:{port}", "fps": fps} for i, port in enumerate(ports)],
+            "detector": {"model": str(model.resolve()), "provider": "cpu"},
+            "metrics": {"port": metrics_port},
+        }))
+        time.sleep(0.5)  # the servers listen
+        daemon = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "--config", str(config), "run"], cwd=REPO,
+                                  env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            samples = _sample(daemon, metrics_port, seconds)
+            final = samples[-1]["metrics"] if samples else {}
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                code = daemon.wait(120)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                code = daemon.wait()
+            for server in servers:
+                server.kill()
+                server.wait()
+        stored = _stored_incidents(work / "data" / "scratchwatch.db")
+        return _judge(samples, final, stored, code, seconds, cameras)
+
+
+def _serve(ffmpeg: str, clip: Path, port: int) -> subprocess.Popen:
+    """The clip, looped and paced at its frame rate, to the first client of tcp://127.0.0.1:port."""
+    return subprocess.Popen([ffmpeg, "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(clip), "-an",
+                             "-c:v", "mpeg4", "-q:v", "5", "-f", "mpegts", f"tcp://127.0.0.1:{port}?listen=1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _sample(daemon: subprocess.Popen, metrics_port: int, seconds: float) -> list[dict[str, Any]]:
+    samples: list[dict[str, Any]] = []
+    start = time.monotonic()
+    while time.monotonic() - start < seconds and daemon.poll() is None:
+        time.sleep(1.0)
+        metrics = _scrape(metrics_port)
+        if metrics is None:
+            continue  # still loading the model
+        pids = _tree(daemon.pid)
+        samples.append({"t": time.monotonic() - start, "rss_kb": sum(_rss_kb(p) for p in pids),
+                        "fds": sum(_fds(p) for p in pids), "processes": len(pids), "metrics": metrics})
+    return samples
+
+
+def _judge(samples: list[dict[str, Any]], final: dict[str, float], stored: tuple[int, int], code: int, seconds: float, cameras: int) -> dict[str, Any]:
+    warm = [s for s in samples if s["t"] >= max(10.0, seconds / 4)]
+    if len(warm) < 2:
+        return {"ok": False, "error": "too few samples after warm-up (did the daemon start?)", "exit_code": code}
+    first, last = warm[0], warm[-1]
+    rss_growth = (last["rss_kb"] - first["rss_kb"]) / first["rss_kb"]
+    opened = int(sum(v for k, v in final.items() if k.startswith("scratchwatch_incidents_opened_total")))
+    backlog = [_backlog(s["metrics"]) for s in warm]
+    analysed = sum(v for k, v in final.items() if k.startswith("scratchwatch_frames_analysed_total"))
+    report = {
+        "seconds": round(samples[-1]["t"], 1), "cameras": cameras,
+        "analysed_fps_per_camera": round(analysed / samples[-1]["t"] / cameras, 2),
+        "rss_mb_after_warmup": round(first["rss_kb"] / 1024, 1), "rss_mb_end": round(last["rss_kb"] / 1024, 1),
+        "rss_growth": round(rss_growth, 4),
+        "fds_after_warmup": first["fds"], "fds_end": last["fds"],
+        "backlog_after_warmup": backlog[0], "backlog_max": max(backlog), "backlog_end": backlog[-1],
+        "incidents_opened": opened, "incidents_stored": stored[0], "incident_uids_stored": stored[1],
+        "exit_code": code,
+    }
+    report["ok"] = (rss_growth <= MAX_RSS_GROWTH and last["fds"] <= first["fds"] and backlog[-1] <= max(backlog[0], 10)
+                    and stored[0] == opened == stored[1] and code == 0 and analysed > 0)
+    return report
+
+
+def _backlog(metrics: dict[str, float]) -> int:
+    """Frames captured but neither analysed nor dropped: what sits in queues right now."""
+    total = 0.0
+    for key, value in metrics.items():
+        if key.startswith("scratchwatch_frames_captured_total"):
+            total += value
+        elif key.startswith(("scratchwatch_frames_analysed_total", "scratchwatch_frames_dropped_total")):
+            total -= value
+    return int(total)
+
+
+def _scrape(port: int) -> dict[str, float] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def _tree(pid: int) -> list[int]:
+    """The daemon and its descendants (stages, the multiprocessing resource tracker)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += children.get(current, [])
+    return found
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def _stored_incidents(db: Path) -> tuple[int, int]:
+    """(rows, distinct uids) in the daemon's SQLite database."""
+    if not db.exists():
+        return (0, 0)
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT count(*), count(DISTINCT uid) FROM incidents").fetchone()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
