@@ -24,9 +24,10 @@ from sqlalchemy import Engine, Row, and_, delete, false, or_, select, update
 
 from pipeline.config import RetentionConfig, Settings
 from pipeline.runner import Observer
-from pipeline.snapshots import resolve_snapshot, safe_name
+from pipeline.snapshots import safe_name
 from storage.db import write_transaction
 from storage.models import Camera, Incident
+from storage.snapshot_files import SnapshotUnavailable, resolve_snapshot, snapshot_root
 
 log = logging.getLogger(__name__)
 SNAPSHOT_COLUMNS = ("snapshot_path", "crop_path", "car_path")
@@ -55,9 +56,9 @@ class RetentionStats:
 class RetentionCleaner:
     """One engine, one snapshot folder, the retention config; ``run_pass`` does one full pass."""
 
-    def __init__(self, engine: Engine, snapshot_root: Path, config: RetentionConfig, stop: threading.Event | None = None) -> None:
+    def __init__(self, engine: Engine, root: Path, config: RetentionConfig, stop: threading.Event | None = None) -> None:
         self.engine = engine
-        self.root = Path(snapshot_root).resolve()
+        self.root = Path(root).resolve()
         self.config = config
         self.stop = stop or threading.Event()
         self.stats = RetentionStats()
@@ -135,14 +136,16 @@ class RetentionCleaner:
     def _remove_files(self, rows: list[Row[Any]]) -> None:
         for row in rows:
             for path in _paths(row):
-                self._unlink(resolve_snapshot(self.root, path))
+                self._unlink(path)
 
-    def _unlink(self, path: Path) -> None:
-        target = path.resolve()
-        if not target.is_relative_to(self.root):
-            log.warning("retention: %s is outside the snapshot folder %s; not deleted", path, self.root)
+    def _unlink(self, stored: str) -> None:
+        try:
+            target = resolve_snapshot(self.root, stored)
+        except SnapshotUnavailable as exc:
+            if (self.root / stored).exists():  # a file, but outside the snapshot folder
+                log.warning("retention: %s; not deleted", exc)
             return
-        size = self._size(str(target))
+        size = target.stat().st_size
         try:
             target.unlink()
         except FileNotFoundError:
@@ -160,7 +163,7 @@ class RetentionCleaner:
     def _size(self, stored: str) -> int:
         try:
             return resolve_snapshot(self.root, stored).stat().st_size
-        except OSError:
+        except (SnapshotUnavailable, OSError):
             return 0
 
 
@@ -211,7 +214,7 @@ class RetentionJob(Observer):
             try:
                 if self.cleaner is None:
                     engine = connect(self.settings.database_url)
-                    self.cleaner = RetentionCleaner(engine, self.settings.data_dir / "snapshots", self.settings.retention, self.stop)
+                    self.cleaner = RetentionCleaner(engine, snapshot_root(self.settings.data_dir), self.settings.retention, self.stop)
                 self._pass()
             except Exception as exc:  # the database may be down: try again next interval
                 log.warning("retention pass failed, retrying in %.0fs: %s", self.settings.retention.interval_s, exc)

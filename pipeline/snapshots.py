@@ -40,12 +40,6 @@ def snapshot_paths(root: Path, camera: str, when: datetime, uid: str) -> Snapsho
     return SnapshotPaths(folder / f"{uid}_frame.jpg", folder / f"{uid}_crop.jpg", folder / f"{uid}_car.jpg")
 
 
-def resolve_snapshot(root: Path, stored: str) -> Path:
-    """A stored snapshot path as a file: absolute (older rows) or relative to ``root`` (newer ones)."""
-    path = Path(stored)
-    return path if path.is_absolute() else root / path
-
-
 def write_snapshots(
     image: np.ndarray, box: np.ndarray, label: str, paths: SnapshotPaths, config: SnapshotsConfig,
     car: np.ndarray | None = None,
