@@ -30,6 +30,7 @@ ENV_FILE_TEXT = """\
 # Environment of scratchwatch.service (mode 0640: it may hold secrets).
 # Secrets belong here or in files, never on the command line (they would show in `ps`).
 # SCRATCHWATCH_DATABASE_URL=postgresql+psycopg://scratchwatch:PASSWORD@db.example/scratchwatch
+# SCRATCHWATCH_API_TOKEN=...   (for `scratchwatch serve`)
 """
 
 
@@ -129,5 +130,6 @@ def _config_text(settings: Settings) -> str:
     data["data_dir"] = str(STATE_DIR)
     if os.environ.get(DATABASE_URL_ENV):  # a password from the environment stays out of files
         data["database"]["url"] = None
+    data["api"]["token"] = None  # pydantic dumps a SecretStr as "**********": the token belongs in the env file
     header = "# Written by `scratchwatch install-service`; see config.yaml in the source for every key.\n"
     return header + yaml.safe_dump(data, sort_keys=False)

@@ -45,13 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--fps", type=float, default=5.0, help="analysed frames per second per camera")
     parser.add_argument("--model", type=Path, default=REPO / "models/scratchwatch-yolov5n-480.onnx")
+    parser.add_argument("--cars", type=Path, default=REPO / "models/scratchwatch-cars-yolov5n-coco-416.onnx",
+                        help="car-stage model; --no-cars runs the damage model on whole frames")
+    parser.add_argument("--no-cars", dest="cars", action="store_const", const=None)
     args = parser.parse_args(argv)
-    report = soak(args.clip, args.cameras, args.seconds, args.fps, args.model)
+    report = soak(args.clip, args.cameras, args.seconds, args.fps, args.model, args.cars)
     print(json.dumps(report, indent=2))
     return 0 if report["ok"] else 1
 
 
-def soak(clip: Path, cameras: int, seconds: float, fps: float, model: Path) -> dict[str, Any]:
+def soak(clip: Path, cameras: int, seconds: float, fps: float, model: Path, cars: Path | None) -> dict[str, Any]:
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         raise SystemExit("soak: ffmpeg is needed to serve the clips as live streams (apt-get install ffmpeg)")
@@ -64,7 +67,7 @@ def soak(clip: Path, cameras: int, seconds: float, fps: float, model: Path) -> d
         config.write_text(yaml.safe_dump({
             "data_dir": str(work / "data"),
             "cameras": [{"id": f"cam{i}", "source": f"tcp://127.0.0.1:{port}", "fps": fps} for i, port in enumerate(ports)],
-            "detector": {"model": str(model.resolve()), "provider": "cpu"},
+            "detector": {"model": str(model.resolve()), "provider": "cpu", **({"cars": {"model": str(cars.resolve())}} if cars else {"car_gate": "off"})},
             "metrics": {"port": metrics_port},
         }))
         time.sleep(0.5)  # the servers listen

@@ -151,7 +151,7 @@ def test_run_under_a_fake_systemd_pings_and_stops_pinging_for_a_stalled_stage(
         "data_dir": str(tmp_path / "data"),
         "cameras": [{"id": "cam", "source": str(_camera_clip(tmp_path)), "fps": 5, "realtime": True},
                     {"id": "door", "source": f"rtsp://admin:{SECRET}@127.0.0.1:{_free_port()}/stream"}],  # nobody listens
-        "detector": {"model": str(red_model), "provider": "cpu", "threads": 1},
+        "detector": {"model": str(red_model), "provider": "cpu", "threads": 1, "car_gate": "off"},
         "metrics": {"port": port},
     }))
     env = {**os.environ, "NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "3000000", "PYTHONUNBUFFERED": "1"}
@@ -229,9 +229,12 @@ def test_status_without_a_daemon_says_where_it_looked(tmp_path: Path, capsys: py
     assert "no daemon answering on http://127.0.0.1:" in capsys.readouterr().err
 
 
-def test_install_service_under_a_prefix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_install_service_under_a_prefix(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     prefix = tmp_path / "root"
-    assert main(["install-service", "--prefix", str(prefix), "--user", "swtest"]) == 0
+    source = tmp_path / "source.yaml"
+    source.write_text(yaml.safe_dump({"api": {"token": "s3cret-token"}}))
+    monkeypatch.setenv("SCRATCHWATCH_DATABASE_URL", "postgresql://sw:db-password@db/sw")
+    assert main(["--config", str(source), "install-service", "--prefix", str(prefix), "--user", "swtest"]) == 0
     out = capsys.readouterr().out
     unit = prefix / "etc/systemd/system/scratchwatch.service"
     assert f"wrote {unit}" in out and "useradd --system" in out and "journalctl -u scratchwatch" in out
@@ -245,8 +248,12 @@ def test_install_service_under_a_prefix(tmp_path: Path, capsys: pytest.CaptureFi
     assert env_file.stat().st_mode & 0o777 == 0o640
     from pipeline.config import load_settings
 
+    written = (prefix / "etc/scratchwatch/config.yaml").read_text()
+    assert "s3cret-token" not in written and "*****" not in written and "db-password" not in written, "secrets stay in the env file"
+    monkeypatch.delenv("SCRATCHWATCH_DATABASE_URL")
     settings = load_settings(prefix / "etc/scratchwatch/config.yaml")
     assert settings.detector.model.is_absolute() and str(settings.data_dir) == "/var/lib/scratchwatch"
+    assert settings.api.token is None and settings.database.url is None
     env_file.write_text("SCRATCHWATCH_DATABASE_URL=kept\n")
     assert main(["install-service", "--prefix", str(prefix), "--user", "swtest"]) == 0
     assert f"kept existing {env_file}" in capsys.readouterr().out
@@ -268,11 +275,13 @@ sys.exit(main(sys.argv[1:]))
 
 def test_the_pipeline_runs_under_memory_deny_write_execute(tmp_path: Path, two_mark_clip: Path) -> None:
     """The unit sets MemoryDenyWriteExecute=yes: the kernel's PR_SET_MDWE is the same rule, and the
-    spawned stages inherit it, so the shipped model and OpenCV must work without W+X memory."""
+    spawned stages inherit it, so the shipped models (car stage and damage) and OpenCV must work
+    without W+X memory."""
     repo = Path(__file__).resolve().parents[2]
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"),
-                                      "detector": {"model": str(repo / "models/scratchwatch-yolov5n-480.onnx"), "provider": "cpu"}}))
+                                      "detector": {"model": str(repo / "models/scratchwatch-yolov5n-480.onnx"), "provider": "cpu",
+                                                   "cars": {"model": str(repo / "models/scratchwatch-cars-yolov5n-coco-416.onnx")}}}))
     result = subprocess.run([sys.executable, "-c", MDWE_RUNNER, "--config", str(config), "replay", "--no-progress", str(two_mark_clip)],
                             capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(repo)})
     if result.returncode == 77:
