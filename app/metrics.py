@@ -93,6 +93,17 @@ class MetricsExporter(Observer):
                 families["analysed"].add_metric(camera, result.frames)
                 families["incidents"].add_metric(camera, result.incidents)
         yield from families.values()
+        yield GaugeMetricFamily("scratchwatch_frames_in_flight", "Frames sent by capture, not yet analysed nor dropped by inference: "
+                                "what is queued between the stages", value=self._in_flight())
+
+    def _in_flight(self) -> int:
+        """Summed over cameras: inference drops stale live frames without saying whose."""
+        if self.supervisor is None:
+            return 0
+        sent = sum(thread.stats.sent for thread in self.supervisor.captures)
+        analysed = sum(result.frames for result in self.supervisor.results.values())
+        dropped = self.stage_counters.get("inference", {}).get("dropped_live", 0)
+        return max(0, sent - analysed - (dropped if isinstance(dropped, int) else 0))
 
     def _stages(self) -> Iterator[Metric]:
         last = GaugeMetricFamily("scratchwatch_stage_last_heartbeat_timestamp_seconds", "Time of the stage's last event", labels=["stage"])
@@ -115,9 +126,14 @@ class MetricsExporter(Observer):
             buckets = [(str(b), float(c)) for b, c in zip(latency["bounds_s"], latency["counts"])]
             histogram.add_metric([], [*buckets, ("+Inf", float(latency["count"]))], sum_value=latency["sum_s"])
             yield histogram
-        for key, help_text in (("batches", "Detector batches run"), ("errors", "Frames the detector failed on")):
+        for key, help_text in (("frames", "Frames run through the detector (frames / batches: the mean batch size)"),
+                               ("batches", "Detector batches run"), ("errors", "Frames the detector failed on")):
             if isinstance(data.get(key), int):
                 yield CounterMetricFamily(f"scratchwatch_inference_{key}", help_text, value=data[key])
+        incidents = self.stage_counters.get("incidents", {})
+        for key, help_text in (("snapshot_errors", "Snapshots that could not be written"), ("errors", "Messages the incidents stage skipped")):
+            if isinstance(incidents.get(key), int):
+                yield CounterMetricFamily(f"scratchwatch_incidents_{key}", help_text, value=incidents[key])
 
     def _retention(self) -> Iterator[Metric]:
         if self.retention is None:

@@ -7,7 +7,7 @@ endpoint is scraped. After a warm-up (the first quarter, at least 10 s):
 
 - RSS of the supervisor and its stages grows by at most 5 %;
 - open file descriptors do not grow;
-- the backlog (frames captured - analysed - dropped) does not grow: no queue builds up;
+- the backlog (``scratchwatch_frames_in_flight``: sent, neither analysed nor dropped) does not grow;
 - after a clean stop, every incident the incidents stage opened is in the database, once.
 
 Prints one JSON object; exit 0 only if every check holds.
@@ -136,14 +136,8 @@ def _judge(samples: list[dict[str, Any]], final: dict[str, float], stored: tuple
 
 
 def _backlog(metrics: dict[str, float]) -> int:
-    """Frames captured but neither analysed nor dropped: what sits in queues right now."""
-    total = 0.0
-    for key, value in metrics.items():
-        if key.startswith("scratchwatch_frames_captured_total"):
-            total += value
-        elif key.startswith(("scratchwatch_frames_analysed_total", "scratchwatch_frames_dropped_total")):
-            total -= value
-    return int(total)
+    """Frames sent but neither analysed nor dropped: what sits in queues right now."""
+    return int(metrics.get("scratchwatch_frames_in_flight", 0))
 
 
 def _scrape(port: int) -> dict[str, float] | None:

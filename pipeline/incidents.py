@@ -208,6 +208,7 @@ def _serve(stage: StageContext) -> dict[str, Any]:
     writer = IncidentWriter(IncidentRepository(engine), max_queue=settings.database.max_queue)
     receiver = Receiver(pull_socket(stage.ctx, stage.endpoints.detections, settings.transport.hwm, curve=stage.endpoints.curve), settings.logging.rate_limit_s, "incidents", stage.events.beat)
     worker = IncidentsStage(settings, writer, stage.events)
+    stage.events.stats_source = worker.counts
     stage.events.emit("ready", final=True)
     bad = RateLimitedLog(log, settings.logging.rate_limit_s)
     try:

@@ -172,6 +172,7 @@ def test_run_under_a_fake_systemd_pings_and_stops_pinging_for_a_stalled_stage(
         assert metrics['scratchwatch_frames_analysed_total{camera="cam"}'] > 0
         assert metrics['scratchwatch_frames_captured_total{camera="cam"}'] >= metrics['scratchwatch_frames_analysed_total{camera="cam"}']
         assert metrics['scratchwatch_camera_up{camera="cam"}'] == 1
+        assert 0 <= metrics["scratchwatch_frames_in_flight"] <= 10, "nothing piles up between the stages"
         assert metrics["scratchwatch_inference_batch_seconds_count"] > 0
         for stage in ("inference", "incidents"):
             assert time.time() - metrics[f'scratchwatch_stage_last_heartbeat_timestamp_seconds{{stage="{stage}"}}'] < 3
