@@ -3,7 +3,9 @@ goes, kept incidents stay with their files, each write transaction stays short."
 
 from __future__ import annotations
 
-import threading
+import os
+import subprocess
+import sys
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, insert, select, update
 
-from app.retention import RetentionCleaner, RetentionJob
+from app.retention import RetentionCleaner, RetentionJob, retention_engine
 from pipeline.cli import main
 from pipeline.config import RetentionConfig
 from pipeline.snapshots import safe_name
@@ -24,9 +26,6 @@ NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
 INCIDENTS = 100_000
 SPAN_DAYS = 730
 MAX_LOCK_MS = 100.0
-SPIKE_LOCK_MS = 250.0
-"""A transaction's time is ~2 ms of work and ~10 ms of commit fsync; on a disk shared with other
-jobs one fsync in a hundred can take longer, which is the disk's latency, not the batch's size."""
 
 
 def _row(camera: str, opened: datetime, **extra: object) -> dict[str, object]:
@@ -67,6 +66,31 @@ def _ids(engine: Engine, camera: str, *, oldest: bool, limit: int) -> list[int]:
         return list(conn.execute(select(Incident.id).where(Incident.camera_id == camera).order_by(order).limit(limit)).scalars())
 
 
+WRITER = """
+import sys, time, uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from storage.db import connect
+from storage.repository import IncidentRecord, IncidentRepository
+repo, stop = IncidentRepository(connect(sys.argv[1])), Path(sys.argv[2])
+now = datetime.now(timezone.utc)
+while not stop.exists():
+    started = time.perf_counter()
+    repo.save(IncidentRecord(uid=str(uuid.uuid4()), camera_id="lot-a", kind="live", source="rtsp://cam", opened_at=now,
+                             captured_at=now, best_score=0.9, x1=1, y1=2, x2=30, y2=40, frame_width=640, frame_height=480,
+                             model_name="m", model_sha256="0" * 64, detection_count=3))
+    print(f"{(time.perf_counter() - started) * 1000:.1f}", flush=True)
+    time.sleep(0.02)
+"""
+
+
+def _writer_process(engine: Engine, stop: Path) -> subprocess.Popen:
+    """A process saving incidents in a loop (each save's ms on stdout) until ``stop`` exists."""
+    repo = Path(__file__).resolve().parents[2]
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(engine.url), str(stop)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(repo)})
+
+
 @pytest.fixture
 def engine(tmp_path: Path) -> Engine:
     engine = connect(f"sqlite:///{tmp_path / 'db' / 'sw.db'}")
@@ -75,6 +99,7 @@ def engine(tmp_path: Path) -> Engine:
 
 
 def test_a_pass_over_100k_incidents_keeps_write_locks_short(engine: Engine, tmp_path: Path) -> None:
+    """The incidents writer saves on its own engine (full sync) while the cleanup runs on its own."""
     root = tmp_path / "snapshots"
     _fill(engine, ["lot-a", "lot-b"], INCIDENTS, SPAN_DAYS)
     oldest = _ids(engine, "lot-a", oldest=True, limit=40)
@@ -85,25 +110,15 @@ def test_a_pass_over_100k_incidents_keeps_write_locks_short(engine: Engine, tmp_
     for incident_id in kept:
         assert repo.set_keep(incident_id, True)
 
-    writes: list[float] = []  # the incidents writer, saving while the cleanup runs
-    done = threading.Event()
-
-    def writer() -> None:
-        while not done.is_set():
-            started = time.perf_counter()
-            repo.save(IncidentRecord(**{k: v for k, v in _row("lot-a", NOW).items() if k != "recorded_at"}))
-            writes.append((time.perf_counter() - started) * 1000)
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=writer)
-    thread.start()
+    writer = _writer_process(engine, tmp_path / "stop")  # the incidents stage writes from its own process
     config = RetentionConfig(max_age_days=365, snapshot_max_age_days=None)  # the default batch size
-    cleaner = RetentionCleaner(engine, root, config)
+    cleaner = RetentionCleaner(retention_engine(str(engine.url)), root, config)
     try:
         cleaner.run_pass(NOW)
     finally:
-        done.set()
-        thread.join()
+        (tmp_path / "stop").touch()
+        writes = [float(ms) for ms in writer.communicate(timeout=30)[0].split()]
+        cleaner.engine.dispose()
 
     cutoff = NOW - timedelta(days=365)
     with engine.connect() as conn:
@@ -118,9 +133,7 @@ def test_a_pass_over_100k_incidents_keeps_write_locks_short(engine: Engine, tmp_
     assert cleaner.stats.snapshots_deleted == 2 * len(expired)
     print(f"\n{cleaner.stats.incidents_deleted} incidents deleted in {len(cleaner.stats.lock_ms)} write transactions, "
           f"longest {cleaner.stats.max_lock_ms:.1f} ms, median {sorted(cleaner.stats.lock_ms)[len(cleaner.stats.lock_ms) // 2]:.1f} ms; concurrent saves: {len(writes)}, slowest {max(writes):.1f} ms")
-    locks = sorted(cleaner.stats.lock_ms)
-    assert locks[int(len(locks) * 0.99)] <= MAX_LOCK_MS, locks[-5:]
-    assert cleaner.stats.max_lock_ms <= SPIKE_LOCK_MS, locks[-5:]
+    assert cleaner.stats.max_lock_ms <= MAX_LOCK_MS, sorted(cleaner.stats.lock_ms)[-5:]
     assert max(writes) < 1000, "the incidents writer is never held up for long"
 
 
@@ -180,8 +193,12 @@ def test_the_daemon_job_cleans_on_its_thread(make_settings, tmp_path: Path) -> N
     while job.stats.passes == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     job.on_stop(None)
-    assert job.stats.incidents_deleted == 50
+    cutoff = datetime.now(timezone.utc) - timedelta(days=30)  # the job uses the real clock, _fill a fixed one
+    with engine.connect() as conn:
+        opened = list(conn.execute(select(Incident.opened_at)).scalars())
     engine.dispose()
+    assert job.stats.incidents_deleted + len(opened) == 100 and job.stats.incidents_deleted >= 49
+    assert all(t >= cutoff - timedelta(minutes=5) for t in opened)
 
 
 def test_keep_and_unkeep_commands(make_settings, tmp_path: Path, capsys, monkeypatch) -> None:
