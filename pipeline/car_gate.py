@@ -23,7 +23,7 @@ import numpy as np
 from pipeline.cars import CarDetector, centres_inside, crop_to_frame
 from pipeline.config import CarGate, DetectorConfig, TrackerConfig
 from pipeline.detector import Detector, nms_keep
-from pipeline.geometry import box_iou, margin_window
+from pipeline.geometry import box_iou, grow_window, margin_window
 from pipeline.messages import FrameHeader
 from pipeline.tracker import CameraTracker, Track
 
@@ -108,12 +108,13 @@ class CarGatedDetector:
 
     def __init__(
         self, damage: Detector, cars: CarDetector | None, gate: CarGate, *, margin: float = 0.08,
-        max_batch: int = 4, inspect_every_s: float = 0.0, photo_whole_share: float = 0.3,
+        max_batch: int = 4, inspect_every_s: float = 0.0, photo_whole_share: float = 0.3, max_zoom: float = 0.0,
     ) -> None:
         if gate != "off" and cars is None:
             raise ValueError(f"car gate {gate!r} needs a car stage")
         self.damage, self.cars, self.gate = damage, cars, gate
         self.margin, self.max_batch, self.photo_whole_share = margin, max_batch, photo_whole_share
+        self.max_zoom = max_zoom
         self.scheduler = InspectionScheduler(inspect_every_s) if inspect_every_s > 0 else None
 
     @property
@@ -141,6 +142,14 @@ class CarGatedDetector:
         with_track = np.concatenate([cars[:, :5], np.full((len(cars), 1), -1, np.float32)], axis=1)
         return _Plan(with_track, list(range(len(cars))))
 
+    def _window(self, car: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
+        """The car plus margin, grown so the damage model never magnifies it more than ``max_zoom``."""
+        window = margin_window(car, self.margin, width, height)
+        if self.max_zoom <= 0:
+            return window
+        side_h, side_w = (int(np.ceil(s / self.max_zoom)) for s in self.damage.imgsz)
+        return grow_window(window, side_w, side_h, width, height)
+
     def _close_up(self, cars: np.ndarray, area: int) -> bool:
         """No car found, or one so large that cropping it would not magnify it."""
         if not len(cars):
@@ -153,7 +162,7 @@ class CarGatedDetector:
         for frame_index, (frame, plan) in enumerate(zip(frames, plans)):
             height, width = frame.shape[:2]
             for car_index in plan.inspect:
-                window = margin_window(plan.cars[car_index], self.margin, width, height)
+                window = self._window(plan.cars[car_index], width, height)
                 crops.append((frame[window[1] : window[3], window[0] : window[2]], window))
                 owners.append((frame_index, car_index))
         return crops, owners
@@ -226,5 +235,5 @@ def build_detector(config: DetectorConfig, gate: CarGate | None = None, conf_thr
     cars = None if gate == "off" else CarDetector(config.cars, config.provider, config.threads)
     return CarGatedDetector(
         damage, cars, gate, margin=config.cars.margin, max_batch=config.max_batch, inspect_every_s=config.cars.inspect_every_s,
-        photo_whole_share=config.cars.photo_whole_share,
+        photo_whole_share=config.cars.photo_whole_share, max_zoom=config.cars.max_zoom,
     )

@@ -193,6 +193,13 @@ class CarStageConfig(_Section):
     margin: float = Field(
         default=0.08, ge=0, le=1, title="Crop margin", description="Margin added around each car box before cropping, as a fraction of the box size."
     )
+    max_zoom: float = Field(
+        default=1.0,
+        ge=0,
+        title="Largest magnification",
+        description="A car's crop is grown (more of the frame around it) until the damage model would enlarge it at most this much. "
+        "1: never upscale, cars are seen at the camera's own resolution; 0: no limit (small cars fill the model's input).",
+    )
     photo_whole_share: float = Field(
         default=0.3,
         ge=0,

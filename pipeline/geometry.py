@@ -28,3 +28,12 @@ def margin_window(box: np.ndarray, margin: float, width: int, height: int) -> tu
     left, top = min(max(0, math.floor(x1 - mx)), width - 1), min(max(0, math.floor(y1 - my)), height - 1)
     right, bottom = min(width, math.ceil(x2 + mx)), min(height, math.ceil(y2 + my))
     return left, top, max(right, left + 1), max(bottom, top + 1)
+
+
+def grow_window(window: tuple[int, int, int, int], min_w: int, min_h: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """``window`` grown about its centre to at least min_w x min_h (at most the frame), shifted to stay inside it."""
+    x1, y1, x2, y2 = window
+    new_w, new_h = min(width, max(x2 - x1, min_w)), min(height, max(y2 - y1, min_h))
+    left = min(max(0, (x1 + x2 - new_w) // 2), width - new_w)
+    top = min(max(0, (y1 + y2 - new_h) // 2), height - new_h)
+    return left, top, left + new_w, top + new_h

@@ -13,7 +13,7 @@ from pipeline.car_gate import CarGatedDetector, InspectionScheduler
 from pipeline.cars import CarDetector, CarModelError, centres_inside, crop_to_frame
 from pipeline.config import CarStageConfig
 from pipeline.detector import Detector
-from pipeline.geometry import margin_window
+from pipeline.geometry import grow_window, margin_window
 from pipeline.messages import FrameHeader
 from tests.pipeline.synthetic import RED_BGR, Mark, build_grid_car_model, scene
 
@@ -36,6 +36,8 @@ def test_crop_window_and_mapping_back_are_exact() -> None:
     window = margin_window(car, 0.1, 640, 360)
     assert window == (90, 43, 210, 127)  # floor/ceil of the box grown by 10 % of 99.5 x 69.8 on each side
     assert margin_window(np.array([5, 5, 630, 350]), 0.5, 640, 360) == (0, 0, 640, 360)  # clipped to the frame
+    assert grow_window((700, 400, 768, 432), 240, 240, 768, 432) == (528, 192, 768, 432)  # grown, kept inside
+    assert grow_window((100, 100, 150, 130), 240, 1000, 768, 432) == (5, 0, 245, 432)  # at most the frame
     in_crop = np.array([[10, 20, 30, 40, 0.8, 0]], np.float32)
     np.testing.assert_array_equal(crop_to_frame(in_crop, window), np.array([[100, 63, 120, 83, 0.8, 0]], np.float32))
     inside = centres_inside(np.array([[100, 60, 120, 80], [0, 0, 20, 20]], np.float32), car)
@@ -76,13 +78,20 @@ def test_a_frame_with_fifty_cars_runs_its_crops_in_chunks_of_max_batch(red_model
     cars = CarDetector(CarStageConfig(model=build_grid_car_model(tmp_path / "grid.onnx"), min_side=0.0, margin=0.0), "cpu")
     damage = Detector(red_model, provider="cpu")
     calls: list[int] = []
-    run = damage.run
+    crops: list[tuple[int, ...]] = []
+    run, detect = damage.run, damage.detect
     damage.run = lambda batch: calls.append(len(batch)) or run(batch)  # count model calls, run the real model
+    damage.detect = lambda images: crops.extend(i.shape for i in images) or detect(images)
     [result] = CarGatedDetector(damage, cars, "strict", margin=0.0, max_batch=4).detect([frame])
     assert len(result.cars) == 50 and result.inferences == 50
-    assert calls == [4] * 12 + [2]
+    assert calls == [4] * 12 + [2] and set(crops) == {(32, 32, 3)}  # max_zoom 0: each car alone fills the input
     [row] = result.rows
     assert row[0] < 10 and row[2] > 22 and tuple(row[6:10]) == (0, 0, 32, 32)
+    crops.clear()
+    [zoom1] = CarGatedDetector(damage, cars, "strict", margin=0.0, max_batch=4, max_zoom=1.0).detect([frame])
+    assert set(crops) == {(128, 128, 3)}  # grown to the model's 128 px input: never enlarged
+    [row] = zoom1.rows  # neighbours' crops see the mark too, but it lies on the first car only
+    assert tuple(row[6:10]) == (0, 0, 32, 32)
 
 
 def test_scheduler_inspects_new_and_moved_cars_at_once_and_every_car_within_the_interval(red_model: Path, car_model: Path) -> None:
