@@ -39,6 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--end", type=float, required=True, help="seconds from here on stay unseen (for false-alarm tests)")
     f.add_argument("--every", type=float, default=0.5, help="seconds between frames taken")
     f.set_defaults(func=_reported(_cmd_dataset_frames))
+    k = dsub.add_parser("clips", help="the unseen part of a clip as its own file, for evaluate --clips")
+    k.add_argument("clip", type=Path)
+    k.add_argument("--from", dest="start", type=float, required=True, help="first second kept")
+    k.add_argument("--to", dest="end", type=float, help="first second no longer kept (default: the end)")
+    k.add_argument("--out", type=Path, required=True, help="folder for the cut clip")
+    k.set_defaults(func=_reported(_cmd_dataset_clips))
 
     t = subparsers.add_parser("train", help="train the detector from COCO weights (resumable)")
     t.add_argument("--data", type=Path, default=DEFAULT_DATA / "data.yaml")
@@ -139,6 +145,13 @@ def _cmd_dataset_frames(args: argparse.Namespace) -> int:
 
     written = extract_frames(args.clip, args.out, args.start, args.end, args.every)
     print(f"{len(written)} frames of {args.clip} [{args.start:g}s, {args.end:g}s) -> {args.out}")
+    return 0
+
+
+def _cmd_dataset_clips(args: argparse.Namespace) -> int:
+    from export.video_frames import cut_clip
+
+    print(f"wrote {cut_clip(args.clip, args.out, args.start, args.end)}")
     return 0
 
 

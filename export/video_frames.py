@@ -40,3 +40,33 @@ def extract_frames(clip: Path, out_dir: Path, start_s: float, end_s: float, ever
     finally:
         capture.release()
     return written
+
+
+def cut_clip(clip: Path, out_dir: Path, start_s: float, end_s: float | None = None) -> Path:
+    """The [start_s, end_s) part of a clip as its own file (mp4v): footage kept unseen by training,
+    replayed by ``evaluate --clips`` to count false alarms honestly."""
+    capture = cv2.VideoCapture(str(clip))
+    if not capture.isOpened():
+        raise ValueError(f"video {clip} cannot be opened")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{clip.stem}_from{start_s:g}s{'' if end_s is None else f'-to{end_s:g}s'}.mp4"
+    writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    index = written = 0
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok or (end_s is not None and index / fps >= end_s):
+                break
+            if index / fps >= start_s:
+                writer.write(frame)
+                written += 1
+            index += 1
+    finally:
+        capture.release()
+        writer.release()
+    if not written:
+        target.unlink(missing_ok=True)
+        raise ValueError(f"video {clip} has no frame from {start_s:g}s on")
+    return target
