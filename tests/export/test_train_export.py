@@ -79,6 +79,19 @@ def test_train_interrupt_resume_export_parity(tiny_dataset: Path, tmp_path: Path
     detector = Detector(out, provider="cpu")
     assert detector.imgsz == (64, 64) and detector.names == {0: "scratch"} and detector.batch_dynamic
 
+    # the exported file back to a trainable checkpoint (BatchNorm re-inflated): the same function as the ONNX
+    import torch
+
+    from export.from_onnx import calibration_batch, checkpoint_from_onnx
+
+    report = checkpoint_from_onnx(out, tmp_path / "from_onnx.pt", tiny_dataset / "images" / "train")
+    assert report["imgsz"] == 64 and "BatchNorms re-inflated" in report["summary"]
+    rebuilt = torch.load(tmp_path / "from_onnx.pt", weights_only=False)["model"].eval()
+    batch = np.stack(calibration_batch(tiny_dataset / "images" / "test", 64))
+    with torch.no_grad():
+        again = rebuilt(torch.from_numpy(batch))[0].numpy()
+    np.testing.assert_allclose(again, detector.run(batch), atol=1e-2)
+
     # a fine-tune of that model at another size, on its own schedule: the overrides reach ultralytics
     fine = tmp_path / "runs" / "fine"
     train(TrainOptions(
