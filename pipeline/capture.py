@@ -119,8 +119,8 @@ class CaptureThread(threading.Thread):
             cap.release()
         if decoded == 0 and not self.stop.is_set():  # stopped before the first frame is not corrupt
             raise CaptureError(f"video file {path}: no frame could be decoded (corrupt or unsupported format)")
-        if total and decoded < total * 0.9 and not self.stop.is_set():
-            log.warning("video file %s: decoding stopped after %d of %d frames", path, decoded, total)
+        if total and decoded < total * 0.9 and not self.stop.is_set():  # container counts are not exact
+            raise CaptureError(f"video file {path}: decoding stopped after {decoded} of {total} frames (truncated or corrupt)")
 
     def _pump_file(self, sock: zmq.Socket, cap: cv2.VideoCapture, src_fps: float) -> int:
         """Send the frames that fall in new ``fps`` slots of media time; return frames decoded."""

@@ -190,7 +190,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if args.no_progress:
         for source in report.files:
-            print(f"{source.path}: {source.frames} frames, {source.incidents} incidents, {source.error or 'ok'}")
+            print(f"{source.path}: {source.frames} frames, {source.incidents} incidents, {source.problem or 'ok'}")
+        for problem in report.pipeline_problems:
+            print(problem)
     return 0 if report.ok else EXIT_FAILED
 
 

@@ -279,7 +279,20 @@ class DatabaseConfig(_Section):
         title="Database URL",
         description="SQLAlchemy URL; null means SQLite at <data_dir>/scratchwatch.db. SCRATCHWATCH_DATABASE_URL overrides.",
     )
-    max_queue: int = Field(default=1000, ge=1, title="Writer queue", description="Incident records buffered while the database is locked or down.")
+    spool_max_mb: float = Field(
+        default=64.0,
+        gt=0,
+        title="Spool size limit",
+        description="Incident records wait in <data_dir>/spool.db until the database commits them. Beyond this size "
+        "new snapshots are skipped (counted, logged as an error) so the disk is kept for records, which are never dropped.",
+    )
+    statement_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        title="Statement timeout",
+        description="PostgreSQL: a write that takes longer is cancelled and retried from the spool (a hung server "
+        "never stalls the writer).",
+    )
     connect_timeout_s: float = Field(
         default=60.0,
         gt=0,
@@ -287,7 +300,8 @@ class DatabaseConfig(_Section):
         description="At start, how long to keep retrying a locked or unreachable database before failing.",
     )
     flush_timeout_s: float = Field(
-        default=30.0, gt=0, title="Flush timeout", description="How long a clean shutdown waits for queued records to be written."
+        default=30.0, gt=0, title="Flush timeout", description="How long a clean shutdown waits for spooled records to be written; "
+        "what is left stays in the spool and is written at the next start."
     )
 
 

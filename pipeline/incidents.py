@@ -2,19 +2,17 @@
 
 The row is written when an incident opens, so capture-to-row latency is one tracker decision
 plus one SQL upsert, and updated (same uid) when it closes with the best frame, snapshots,
-closed_at and detection count. SQL runs on IncidentWriter's thread: a locked or unreachable
-database delays rows but never stalls the stream, and STOP flushes everything accepted.
+closed_at and detection count. Every record goes to the durable spool first (storage/spool.py)
+and SQL runs on IncidentWriter's thread: a locked or unreachable database delays rows but never
+stalls the stream, and what is not committed at exit is written at the next start.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from pipeline.backoff import Backoff
@@ -42,6 +40,7 @@ class IncidentsStage:
         self.frames: Counter[str] = Counter()
         self.opened: Counter[str] = Counter()
         self.snapshot_errors = 0
+        self.snapshots_skipped = 0
         self.errors = 0
         self.first_frame_ns: int | None = None
         self.last_frame_ns: int | None = None
@@ -71,6 +70,7 @@ class IncidentsStage:
             "frames": dict(self.frames),
             "incidents": dict(self.opened),
             "snapshot_errors": self.snapshot_errors,
+            "snapshots_skipped": self.snapshots_skipped,
             "errors": self.errors,
             "first_frame_ns": self.first_frame_ns,
             "last_frame_ns": self.last_frame_ns,
@@ -105,7 +105,7 @@ class IncidentsStage:
 
     def _snapshots(self, track: Track) -> bool:
         """Write (or overwrite, on close) the best frame's JPEGs; a failure costs only the images."""
-        if not self.settings.snapshots.enabled or track.best_image is None:
+        if not self.settings.snapshots.enabled or track.best_image is None or not self._room_for_snapshots():
             return False
         if track.state.get("snapshot_seq") == track.best.header.seq:
             return False  # the best frame has not changed since its JPEGs were written
@@ -128,6 +128,17 @@ class IncidentsStage:
             car_path=relative(paths.car) if car is not None else None, snapshot_seq=track.best.header.seq,
         )
         return True
+
+
+    def _room_for_snapshots(self) -> bool:
+        """A spool past its limit means a long outage: its disk is kept for records, not JPEGs."""
+        spool = getattr(self.writer, "spool", None)
+        if spool is None or not spool.over_limit():
+            return True
+        self.snapshots_skipped += 1
+        log.error("spool %s is over database.spool_max_mb (%.1f MB): snapshot skipped (%d so far), records are kept",
+                  spool.path, spool.size_bytes() / 1e6, self.snapshots_skipped)
+        return False
 
 
 def incident_record(track: Track, *, closed: bool = False) -> Any:
@@ -180,7 +191,7 @@ def incidents_main(settings: Settings, endpoints: Endpoints, parent_pid: int) ->
     run_stage("incidents", settings, endpoints, parent_pid, _serve)
 
 
-def connect_with_retry(url: str, timeout_s: float) -> Any:
+def connect_with_retry(url: str, timeout_s: float, statement_timeout_s: float | None = None) -> Any:
     """storage.db.connect, retried while the database is locked or down (logged once)."""
     from storage.db import DatabaseUnavailableError, connect, masked
     from storage.writer import is_transient
@@ -189,7 +200,7 @@ def connect_with_retry(url: str, timeout_s: float) -> Any:
     backoff = Backoff(0.5, 5.0, 0.2)
     while True:
         try:
-            return connect(url)
+            return connect(url, statement_timeout_ms=int(statement_timeout_s * 1000) if statement_timeout_s else None)
         except Exception as exc:
             retry = isinstance(exc, DatabaseUnavailableError) or is_transient(exc)
             if not retry or time.monotonic() > deadline:
@@ -199,13 +210,24 @@ def connect_with_retry(url: str, timeout_s: float) -> Any:
             time.sleep(backoff.next())
 
 
+def open_spool(settings: Settings) -> Any:
+    """The data dir's spool for this database: old ``unsaved/*.jsonl`` imported, crashed runs adopted."""
+    from storage.spool import SPOOL_FILENAME, Spool
+
+    spool = Spool(settings.data_dir / SPOOL_FILENAME, settings.database_url, max_bytes=int(settings.database.spool_max_mb * 1e6))
+    spool.import_jsonl(settings.data_dir / "unsaved")
+    spool.adopt()
+    return spool
+
+
 def _serve(stage: StageContext) -> dict[str, Any]:
     from storage.repository import IncidentRepository
     from storage.writer import IncidentWriter
 
     settings = stage.settings
-    engine = connect_with_retry(settings.database_url, settings.database.connect_timeout_s)
-    writer = IncidentWriter(IncidentRepository(engine), max_queue=settings.database.max_queue)
+    spool = open_spool(settings)
+    engine = connect_with_retry(settings.database_url, settings.database.connect_timeout_s, settings.database.statement_timeout_s)
+    writer = IncidentWriter(IncidentRepository(engine), spool)
     receiver = Receiver(pull_socket(stage.ctx, stage.endpoints.detections, settings.transport.hwm, curve=stage.endpoints.curve), settings.logging.rate_limit_s, "incidents", stage.events.beat)
     worker = IncidentsStage(settings, writer, stage.events)
     stage.events.stats_source = worker.counts
@@ -221,14 +243,11 @@ def _serve(stage: StageContext) -> dict[str, Any]:
                 worker.handle(StopHeader())
                 break
     finally:
-        flushed = writer.close(settings.database.flush_timeout_s)
+        writer.close(settings.database.flush_timeout_s)
         engine.dispose()
-    stats = {**worker.counts(), "saved": writer.saved, "db_retries": writer.retries, "unsaved": len(writer.unsaved), "malformed": receiver.malformed}
-    if not flushed:
-        spool = dump_unsaved(writer.unsaved, settings.data_dir)
-        raise RuntimeError(
-            f"{len(writer.unsaved)} incident(s) could not be written to the database before shutdown; kept in {spool}"
-        )
+    stats = {**worker.counts(), "saved": writer.saved, "db_retries": writer.retries, "spooled": writer.pending,
+             "quarantined": writer.quarantined, "needs_operator": writer.needs_operator, "malformed": receiver.malformed}
+    spool.close()
     return stats
 
 
@@ -240,20 +259,3 @@ def handle_safely(worker: IncidentsStage, message: Message, bad: RateLimitedLog)
         worker.errors += 1
         bad.warning("handle", "incidents: message skipped (%s): %s", type(message).__name__, exc)
         return False
-
-
-def dump_unsaved(records: list[Any], data_dir: Path) -> Path:
-    """Records the database never took, as JSON lines, so shutdown during an outage loses nothing.
-
-    The on-disk spool with automatic replay is a later change; this keeps the data for it.
-    """
-    from storage.format import record_to_dict
-
-    folder = data_dir / "unsaved"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"incidents-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.jsonl"
-    with open(path, "a", encoding="utf-8") as fh:
-        for record in records:
-            fh.write(json.dumps(record_to_dict(record)) + "\n")
-    log.error("%d unsaved incident(s) written to %s", len(records), path)
-    return path

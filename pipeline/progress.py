@@ -58,7 +58,11 @@ class ReplayProgress:
             )
 
     def summary(self, report: ReplayReport) -> None:
-        self.console.print(summary_table(report))
+        """To stdout (the progress bars are on stderr), so ``replay ... > summary.txt`` keeps it."""
+        out = Console()
+        out.print(summary_table(report))
+        for problem in report.pipeline_problems:
+            out.print(f"[red]{problem}", highlight=False)
 
 
 def summary_table(report: ReplayReport) -> Table:
@@ -67,7 +71,7 @@ def summary_table(report: ReplayReport) -> Table:
     for column, justify in (("source", "left"), ("frames", "right"), ("frames/s", "right"), ("incidents", "right"), ("result", "left")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for f in report.files:
-        result = f"[red]{f.error}" if f.error else "[green]ok"
+        result = f"[red]{f.problem}" if f.problem else "[green]ok"
         table.add_row(f.path, str(f.frames), f"{f.fps:.1f}", str(f.incidents), result)
     table.add_row("[b]total", str(report.frames), f"{report.fps:.1f}", str(report.incidents), "[green]ok" if report.ok else "[red]failed")
     return table

@@ -52,8 +52,21 @@ class SourceResult:
     """Frames analysed by the detector."""
     incidents: int = 0
     expected: int | None = None
+    sent: int = 0
+    """Frames capture sent: every one of a file must be analysed."""
+    lossless: bool = True
+    """Files are; live cameras drop frames by design."""
     error: str | None = None
     elapsed_s: float = 0.0
+
+    @property
+    def problem(self) -> str | None:
+        """Why this source did not run completely: its error, or frames sent but never analysed."""
+        if self.error:
+            return self.error
+        if self.lossless and self.frames < self.sent:
+            return f"only {self.frames} of {self.sent} frames analysed"
+        return None
 
     @property
     def fps(self) -> float:
@@ -81,8 +94,25 @@ class ReplayReport:
         return self.frames / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     @property
+    def problems(self) -> list[str]:
+        """Everything that keeps the run from being complete, one line each (empty when ok)."""
+        return [f"{f.path}: {f.problem}" for f in self.files if f.problem] + self.pipeline_problems
+
+    @property
+    def pipeline_problems(self) -> list[str]:
+        """Failures of the stages rather than of one source: a stage error, uncommitted incidents."""
+        found = [f"{name} stage failed: {s['error']}" for name, s in self.stages.items() if "error" in s]
+        incidents = self.stages.get("incidents", {})
+        if incidents.get("spooled"):
+            found.append(f"{incidents['spooled']} incident record(s) not committed to the database "
+                         "(kept in the spool, written at the next start)")
+        if incidents.get("quarantined"):
+            found.append(f"{incidents['quarantined']} incident record(s) refused by the database (quarantined in the spool)")
+        return found
+
+    @property
     def ok(self) -> bool:
-        return all(f.error is None for f in self.files) and not any("error" in s for s in self.stages.values())
+        return not self.problems
 
 
 ProgressCallback = Callable[["Supervisor"], None]
@@ -120,7 +150,9 @@ class Supervisor:
         self.specs = specs
         self.stop = stop or threading.Event()
         self.endpoints: Endpoints = make_endpoints(settings, f"sw{os.getpid()}-{_run_counter}")
-        self.results = {spec.camera: SourceResult(spec.camera, str(spec.source)) for spec in specs}
+        self.results = {
+            spec.camera: SourceResult(spec.camera, str(spec.source), lossless=spec.kind != "live") for spec in specs
+        }
         self.stages: dict[str, dict[str, Any]] = {}
         self._ready: set[str] = set()
         self._done: set[str] = set()
@@ -283,6 +315,7 @@ class Supervisor:
         for thread in self._captures:
             result = self.results[thread.spec.camera]
             result.expected = thread.stats.expected
+            result.sent = thread.stats.sent
             result.error = thread.stats.error
 
     def _check_alive(self) -> None:

@@ -25,6 +25,8 @@ from storage.models import Base
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 DEFAULT_DB_FILENAME = "scratchwatch.db"
 DEFAULT_SQLITE_BUSY_TIMEOUT_MS = 5000
+PG_CONNECT_TIMEOUT_S = 10
+"""A PostgreSQL server that accepts TCP but never answers must not hang a connect forever."""
 
 # Any constant works; it only has to be the same in every ScratchWatch process.
 _PG_MIGRATION_LOCK_KEY = 0x5C2A7C4
@@ -44,16 +46,25 @@ def default_sqlite_url(data_dir: Path) -> str:
     return f"sqlite:///{(Path(data_dir) / DEFAULT_DB_FILENAME).resolve()}"
 
 
-def connect(url: str, *, echo: bool = False, sqlite_busy_timeout_ms: int = DEFAULT_SQLITE_BUSY_TIMEOUT_MS) -> Engine:
+def connect(
+    url: str,
+    *,
+    echo: bool = False,
+    sqlite_busy_timeout_ms: int = DEFAULT_SQLITE_BUSY_TIMEOUT_MS,
+    statement_timeout_ms: int | None = None,
+) -> Engine:
     """Open the database at `url` and bring its schema to the newest revision.
 
     Raises DatabaseUnavailableError when the server or file cannot be reached, so a daemon
     can say which database it tried without leaking a password into the logs.
     `sqlite_busy_timeout_ms` is how long a SQLite write waits for another writer's lock
     before failing with "database is locked" (which IncidentWriter then retries).
+    `statement_timeout_ms` bounds each PostgreSQL statement (the writer's saves), so a hung
+    server costs a retry, not a stuck writer; PostgreSQL connects time out after
+    PG_CONNECT_TIMEOUT_S.
     """
     sa_url = _normalise(make_url(url))
-    engine = _create_engine(sa_url, echo=echo, busy_timeout_ms=sqlite_busy_timeout_ms)
+    engine = _create_engine(sa_url, echo=echo, busy_timeout_ms=sqlite_busy_timeout_ms, statement_timeout_ms=statement_timeout_ms)
     try:
         _check_reachable(engine)
         migrate(engine)
@@ -117,10 +128,13 @@ def _normalise(url: URL) -> URL:
     return url
 
 
-def _create_engine(url: URL, *, echo: bool, busy_timeout_ms: int) -> Engine:
+def _create_engine(url: URL, *, echo: bool, busy_timeout_ms: int, statement_timeout_ms: int | None) -> Engine:
     if url.get_backend_name() != "sqlite":
+        args: dict[str, Any] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+        if statement_timeout_ms:
+            args["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
         # pre_ping: after a server restart, pooled connections are dead; find out on checkout.
-        return create_engine(url, echo=echo, pool_pre_ping=True)
+        return create_engine(url, echo=echo, pool_pre_ping=True, connect_args=args)
     _make_parent_dir(url)
     engine = create_engine(url, echo=echo)
     _install_sqlite_hooks(engine, busy_timeout_ms)

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
 from datetime import datetime, timezone
-from typing import Any, TextIO
+from typing import Any, TextIO, get_type_hints
 
 from storage.repository import IncidentRecord
 
@@ -26,6 +26,15 @@ FIELD_NAMES = ["id"] + [f.name for f in fields(IncidentRecord) if f.name != "id"
 def record_to_dict(record: IncidentRecord) -> dict[str, Any]:
     """JSON-ready values: datetimes as ISO-8601 with their +00:00 offset, the rest as is."""
     return {name: _jsonable(getattr(record, name)) for name in FIELD_NAMES}
+
+
+_DATETIME_FIELDS = {name for name, hint in get_type_hints(IncidentRecord).items() if datetime in (hint, *getattr(hint, "__args__", ()))}
+
+
+def dict_to_record(values: dict[str, Any]) -> IncidentRecord:
+    """The inverse of record_to_dict (the spool's format): ISO-8601 strings back to datetimes."""
+    parsed = {k: datetime.fromisoformat(v) if k in _DATETIME_FIELDS and isinstance(v, str) else v for k, v in values.items()}
+    return IncidentRecord(**parsed)
 
 
 def format_incidents(records: Sequence[IncidentRecord], fmt: str = "table") -> str:

@@ -1,27 +1,34 @@
-"""A background thread that saves incidents, riding out a locked or unreachable database.
+"""A background thread that moves incident records from the durable spool into the database.
 
-The incidents stage must never stall on SQL and must never lose an incident because the
-database blinked: it hands records to `IncidentWriter.submit`, which queues them (blocking
-only when the bounded queue is full) while one thread saves them with retry and backoff.
+The incidents stage must never stall on SQL and must never lose an incident: `submit` appends
+the record to the spool (on disk when it returns, see storage/spool.py) and wakes one thread
+that saves the spooled records in order, removing each only after the database committed it.
+Failures are classified by what fixes them: transient ones (locked, down, a dropped
+connection) are retried with backoff and logged once; ones that need a person (permissions, a
+read-only database, a full disk, bad credentials) are retried too, logged as an ERROR that says
+what to fix and raise the `needs_operator` health flag; a record the database refuses for good
+is quarantined in the spool with its reason, never silently dropped.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from typing import Protocol, cast
+from typing import Protocol
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from storage.repository import IncidentRecord
+from storage.spool import Spool, SpoolError
 
 log = logging.getLogger(__name__)
 
-_STOP = object()
-_GIVE_UP_DRAIN_S = 5.0
+IDLE_POLL_S = 0.5
+"""With nothing spooled, the thread still looks this often (records adopted by another run)."""
+_BATCH = 100
+TRANSIENT, NEEDS_OPERATOR, BAD_RECORD = "transient", "needs an operator", "bad record"
 
 
 class IncidentSink(Protocol):
@@ -66,83 +73,93 @@ def operator_hint(exc: BaseException) -> str | None:
     return next((hint for needle, hint in _NEEDS_OPERATOR.items() if needle in text), None)
 
 
-class IncidentWriter:
-    """Saves submitted records on a background thread, in order, retrying transient failures.
+def classify(exc: BaseException) -> tuple[str, str | None]:
+    """(TRANSIENT | NEEDS_OPERATOR | BAD_RECORD, what a person must fix or None).
 
-    Counters: `saved`, `failed` (skipped as bad records), `pending` (accepted, not yet
-    saved or skipped), `retries`. Stop submitting before calling `close`.
+    Operator problems are checked first: PostgreSQL's "permission denied" or a read-only hot
+    standby are not OperationalErrors, yet no record is at fault and retrying once fixed works.
+    """
+    hint = operator_hint(exc)
+    if hint:
+        return NEEDS_OPERATOR, hint
+    return (TRANSIENT if is_transient(exc) else BAD_RECORD), None
+
+
+class IncidentWriter:
+    """Saves spooled records on a background thread, in order, per the failure classes above.
+
+    Counters: `saved`, `quarantined`, `retries`; `pending` is what the spool still holds for
+    this writer; `needs_operator` says what to fix while the database refuses writes.
     """
 
     def __init__(
         self,
         repo: IncidentSink,
+        spool: Spool,
         *,
-        max_queue: int = 1000,
         retry_initial_s: float = 0.2,
         retry_max_s: float = 5.0,
         name: str = "incident-writer",
     ) -> None:
         self._repo = repo
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue)
+        self.spool = spool
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
+        self._delay = retry_initial_s
         self._state = threading.Condition()
-        self._accepted = self._saved = self._failed = self._retries = 0
-        self._unsaved: list[IncidentRecord] = []
+        self._saved = self._quarantined = self._retries = 0
+        self._held: list[IncidentRecord] = []
         self._down_since: float | None = None
+        self.needs_operator: str | None = None
         self._closed = False
-        self._give_up = threading.Event()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     # -- producer side ------------------------------------------------------------------
 
-    def submit(self, record: IncidentRecord, timeout: float | None = None) -> None:
-        """Queue a record for saving; blocks while the queue is full (backpressure, never drop).
+    def submit(self, record: IncidentRecord) -> None:
+        """Spool the record (durable when this returns) and wake the thread; never waits on SQL.
 
-        With a timeout, raises queue.Full instead of waiting longer, so a caller can log
-        that the database is holding it up and then submit again.
+        If the spool itself cannot be written (its disk is full), the record is held in memory
+        and the thread keeps trying the spool and the database for it.
         """
         if not isinstance(record, IncidentRecord):
             raise TypeError(f"expected IncidentRecord, got {type(record).__name__}")
         if self._closed:
             raise WriterClosedError(f"writer closed; incident {record.uid} not accepted")
-        with self._state:
-            self._accepted += 1
         try:
-            self._queue.put(record, timeout=timeout)
-        except queue.Full:
-            self._bump(accepted=-1)
-            raise
+            self.spool.append(record)
+        except SpoolError as exc:
+            log.error("incident %s held in memory, the spool refuses it: %s", record.uid, exc)
+            with self._state:
+                self._held.append(record)
+        self._wake.set()
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every record accepted so far is saved or skipped; False on timeout."""
+        """Wait until every record submitted so far is committed or quarantined; False on timeout."""
         with self._state:
-            return self._state.wait_for(lambda: self._pending() == 0, timeout)
+            return self._state.wait_for(lambda: self.pending == 0, timeout)
 
     def close(self, timeout: float | None = None) -> bool:
-        """Save everything accepted, then stop the thread. True when all was handled in time.
+        """Flush for up to ``timeout`` seconds, then stop. True when nothing is left to write.
 
-        On timeout the writer stops retrying and keeps what it could not save in
-        `unsaved` (logged), so shutdown is bounded even while the database is down.
-        Without a timeout it waits as long as the database takes. Calling it again is harmless.
+        What is not written stays in the spool (logged, with where), for the next start.
+        Calling it again is harmless.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
         self._closed = True
-        if not self._thread.is_alive():
-            return self._all_handled()
-        try:
-            self._queue.put(_STOP, timeout=_remaining(deadline))
-        except queue.Full:
-            pass  # the worker is stuck retrying; _give_up below makes it drain and exit
-        self._thread.join(_remaining(deadline))
-        if self._thread.is_alive():
-            self._give_up.set()
-            # the worker now only moves what is queued into `unsaved`: let it finish, so the
-            # caller reads the complete list
-            self._thread.join(_GIVE_UP_DRAIN_S)
-            return False
-        return self._all_handled()
+        flushed = self.flush(timeout)
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(_GIVE_UP_JOIN_S)
+        if not flushed:
+            log.error("%d incident record(s) not yet in the database stay in the spool %s; they are written "
+                      "at the next start", self.spool.pending(), self.spool.path)
+        with self._state:
+            if self._held:
+                log.error("%d incident record(s) lost: neither the spool nor the database took them", len(self._held))
+        return flushed
 
     def __enter__(self) -> IncidentWriter:
         return self
@@ -154,119 +171,104 @@ class IncidentWriter:
 
     @property
     def saved(self) -> int:
-        """Records written to the database."""
+        """Records committed to the database."""
         return self._saved
 
     @property
-    def failed(self) -> int:
-        """Records skipped because the database refused them for good (logged with their uid)."""
-        return self._failed
+    def quarantined(self) -> int:
+        """Records the database refused for good, kept in the spool with their reason."""
+        return self._quarantined
 
     @property
     def retries(self) -> int:
-        """Save attempts repeated after a transient failure: a health signal for monitoring."""
+        """Save attempts repeated after a failure: a health signal for monitoring."""
         return self._retries
 
     @property
     def pending(self) -> int:
-        """Records accepted but not yet saved, skipped or given up on."""
-        with self._state:
-            return self._pending()
-
-    @property
-    def unsaved(self) -> list[IncidentRecord]:
-        """Records given up on when close() timed out: what a future on-disk spool would keep."""
-        with self._state:
-            return list(self._unsaved)
+        """Records submitted but neither committed nor quarantined."""
+        return self.spool.pending() + len(self._held)
 
     # -- worker side --------------------------------------------------------------------
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not _STOP:
-            self._handle(item)
-            if self._give_up.is_set():
-                break
-        self._drain()
-
-    def _drain(self) -> None:
-        """After STOP: records that raced close() past its closed check. After giving up: the rest."""
-        while True:
+        while not self._stop.is_set():
+            self._wake.clear()
             try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if item is not _STOP:
-                self._handle(item)
+                self._respool_held()
+                batch = self.spool.batch(_BATCH)
+                if not batch:
+                    self._wake.wait(IDLE_POLL_S)
+                    continue
+                for seq, record in batch:
+                    if self._stop.is_set() or not self._save(seq, record):
+                        break
+            except Exception:  # noqa: BLE001 - e.g. the spool's disk is full: records stay where they are
+                log.exception("incident writer: unexpected failure, retrying")
+                self._stop.wait(self._retry_max_s)
 
-    def _handle(self, item: object) -> None:
-        record = cast(IncidentRecord, item)  # submit() let only records in
-        if self._give_up.is_set():
-            self._keep_unsaved(record)
-        else:
-            self._save_with_retry(record)
-
-    def _save_with_retry(self, record: IncidentRecord) -> None:
-        delay = self._retry_initial_s
-        while True:
-            try:
-                self._repo.save(record)
-            except Exception as exc:  # noqa: BLE001 - one bad record must not kill the writer
-                if not is_transient(exc):
-                    self._skip(record, exc)
-                    return
-                self._note_down(exc)
-                if self._give_up.wait(delay):
-                    self._keep_unsaved(record)
-                    return
-                self._bump(retries=1)
-                delay = min(delay * 2, self._retry_max_s)
-            else:
-                self._note_up()
-                self._bump(saved=1)
-                return
-
-    def _skip(self, record: IncidentRecord, exc: Exception) -> None:
-        log.error("incident %s skipped, it cannot be saved: %s", record.uid, exc)
-        self._bump(failed=1)
-
-    def _keep_unsaved(self, record: IncidentRecord) -> None:
-        # The seam for an on-disk spool: write the record there instead of only keeping it.
-        log.error("incident %s not saved: writer closed while the database was unavailable", record.uid)
+    def _respool_held(self) -> None:
         with self._state:
-            self._unsaved.append(record)
-            self._state.notify_all()
+            held, self._held = self._held, []
+        for index, record in enumerate(held):
+            try:
+                self.spool.append(record)
+            except SpoolError:
+                with self._state:
+                    self._held[:0] = held[index:]
+                raise
 
-    def _note_down(self, exc: Exception) -> None:
+    def _save(self, seq: int, record: IncidentRecord) -> bool:
+        """One save; False when the database is unavailable (the caller starts the batch over)."""
+        try:
+            self._repo.save(record)
+        except Exception as exc:  # noqa: BLE001 - classified below, the thread must survive
+            kind, hint = classify(exc)
+            if kind == BAD_RECORD:
+                self._quarantine(seq, record, exc)
+                return True
+            self._note_down(exc, hint)
+            if not self._stop.wait(self._delay):
+                self._bump(retries=1)
+            self._delay = min(self._delay * 2, self._retry_max_s)
+            return False
+        self.spool.remove(seq)
+        self._note_up()
+        self._bump(saved=1)
+        return True
+
+    def _quarantine(self, seq: int, record: IncidentRecord, exc: Exception) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        self.spool.quarantine(seq, reason)
+        log.error("incident %s refused by the database, quarantined in the spool %s: %s", record.uid, self.spool.path, reason)
+        self._bump(quarantined=1)
+
+    def _note_down(self, exc: Exception, hint: str | None) -> None:
         """Log the first failure of an outage only, not every retry."""
-        if self._down_since is None:
-            self._down_since = time.monotonic()
-            hint = operator_hint(exc)
-            if hint:
-                log.error("database refuses writes and will until fixed (%s); holding %d incident(s) "
-                          "and retrying: %s", hint, self.pending, exc)
-            else:
-                log.warning("database unavailable, holding %d incident(s) and retrying: %s", self.pending, exc)
+        self.needs_operator = hint
+        if self._down_since is not None:
+            return
+        self._down_since = time.monotonic()
+        if hint:
+            log.error("database refuses writes and will until fixed (%s); holding %d incident(s) in the spool "
+                      "and retrying: %s", hint, self.pending, exc)
+        else:
+            log.warning("database unavailable, holding %d incident(s) in the spool and retrying: %s", self.pending, exc)
 
     def _note_up(self) -> None:
+        self._delay = self._retry_initial_s
         if self._down_since is not None:
             log.warning("database available again after %.1f s", time.monotonic() - self._down_since)
             self._down_since = None
+            self.needs_operator = None
 
-    def _bump(self, *, accepted: int = 0, saved: int = 0, failed: int = 0, retries: int = 0) -> None:
+    def _bump(self, *, saved: int = 0, quarantined: int = 0, retries: int = 0) -> None:
         with self._state:
-            self._accepted += accepted
             self._saved += saved
-            self._failed += failed
+            self._quarantined += quarantined
             self._retries += retries
             self._state.notify_all()
 
-    def _all_handled(self) -> bool:
-        with self._state:
-            return self._pending() == 0 and not self._unsaved
 
-    def _pending(self) -> int:
-        return self._accepted - self._saved - self._failed - len(self._unsaved)
-
-
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
+_GIVE_UP_JOIN_S = 5.0
+"""close() waits this long for a save in flight (bounded by the statement timeout) to return."""
