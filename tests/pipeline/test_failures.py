@@ -1,0 +1,103 @@
+"""The failure policy end to end: real processes killed for real, a real PostgreSQL stopped and
+started, the durable spool in between. Nothing that reached the incidents stage is lost, and
+nothing is stored twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.runner import Supervisor, replay_files, replay_specs
+from storage.db import connect
+from storage.spool import SPOOL_FILENAME
+from tests.conftest import PostgresCluster
+from tests.pipeline.conftest import CLIP_MARKS
+from tests.pipeline.synthetic import write_clip
+from tests.pipeline.test_replay import _count_rows, run_cli, stored
+
+
+def spooled_open(spool: Path) -> set[str]:
+    """Uids of the incidents the spool knows to be open (read as another process would)."""
+    try:
+        with sqlite3.connect(spool, timeout=0.1) as conn:
+            return {uid for (uid,) in conn.execute("SELECT uid FROM open_incidents")}
+    except sqlite3.Error:
+        return set()
+
+
+@pytest.mark.parametrize("database", ["locked", "up"])
+def test_sigkill_of_the_whole_replay_then_restart_stores_every_incident_exactly_once_and_closed(
+    make_settings, two_mark_clip: Path, tmp_path: Path, database: str
+) -> None:
+    """SIGKILL while the first incident is open: with the database locked, its records exist only
+    in the spool; with the database up, its row is committed but open. The next run drains the
+    spool and closes what the crash left open."""
+    settings = make_settings()
+    connect(settings.database_url).dispose()
+    spool = settings.data_dir / SPOOL_FILENAME
+    holder = sqlite3.connect(settings.data_dir / "scratchwatch.db", isolation_level=None)
+    if database == "locked":
+        holder.execute("BEGIN IMMEDIATE")
+    proc = run_cli("--config", "config.yaml", "replay", "--realtime", "--no-progress", str(two_mark_clip), cwd=tmp_path,
+                   start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not spooled_open(spool) or (database == "up" and not _count_rows(settings.data_dir / "scratchwatch.db")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        open_at_kill = spooled_open(spool)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        holder.close()
+    assert len(open_at_kill) == 1
+    assert [r.uid for r in stored(settings.database_url)] == ([] if database == "locked" else list(open_at_kill))
+
+    clean = write_clip(tmp_path / "clean.avi", 5, [])
+    report = replay_files(settings, [clean], progress=False)  # the restart
+
+    assert report.ok, report.problems
+    rows = stored(settings.database_url)
+    assert [r.uid for r in rows] == list(open_at_kill), "exactly once"
+    assert rows[0].first_media_time_s == CLIP_MARKS[0].start / 10
+    assert rows[0].closed_at is not None and rows[0].closed_at >= rows[0].opened_at
+    assert not spooled_open(spool)
+    with sqlite3.connect(spool) as conn:
+        assert conn.execute("SELECT count(*) FROM records").fetchone()[0] == 0
+
+
+@pytest.mark.postgres
+def test_postgresql_stopped_for_10_s_mid_run_loses_and_duplicates_nothing(
+    make_settings, two_mark_clip: Path, postgres_cluster: PostgresCluster, capfd: pytest.CaptureFixture[str]
+) -> None:
+    postgres_cluster.start()
+    settings = make_settings(database={"url": postgres_cluster.url()})
+    supervisor = Supervisor(settings, replay_specs(settings, [two_mark_clip], realtime=True))
+    outage: list[threading.Thread] = []
+
+    def stop_for_10_s() -> None:
+        postgres_cluster.stop()
+        time.sleep(10)
+        postgres_cluster.start()
+
+    def once_the_first_incident_opened(sup: Supervisor) -> None:
+        if sup.results["replay:lot"].incidents >= 1 and not outage:
+            outage.append(threading.Thread(target=stop_for_10_s, daemon=True))
+            outage[0].start()
+
+    report = supervisor.run(on_progress=once_the_first_incident_opened)
+    outage[0].join(30)
+
+    assert report.ok, report.problems
+    assert report.stages["incidents"]["db_retries"] >= 1
+    rows = stored(settings.database_url)
+    assert [r.first_media_time_s for r in rows] == [m.start / 10 for m in CLIP_MARKS]
+    assert len({r.uid for r in rows}) == 2 and all(r.closed_at is not None for r in rows)
+    err = capfd.readouterr().err
+    assert err.count("database unavailable") == 1 and err.count("database available again") == 1
