@@ -25,6 +25,13 @@ log = logging.getLogger(__name__)
 POLL_MS = 200
 DRAIN_LIMIT = 64
 """At most this many waiting messages are taken per round, so control stays responsive."""
+MAX_FAILURES_IN_A_ROW = 8
+"""A detector that fails this many frames in a row is broken (a bad model, a CUDA error, out of
+memory), not unlucky: the stage fails loudly instead of skipping every frame forever."""
+
+
+class DetectorFailedError(RuntimeError):
+    """The detector failed MAX_FAILURES_IN_A_ROW frames in a row; the message has the last error."""
 
 
 def newest_live_only(messages: list[Message]) -> tuple[list[Message], int]:
@@ -54,6 +61,7 @@ class InferenceStage:
         self.max_batch = max_batch
         self.frames = self.batches = self.dropped = self.errors = 0
         self.cars = self.inferences = 0
+        self.failures_in_a_row = 0
         self.eos_seen: set[str] = set()
         self.latency = Histogram()
         """Seconds per ``detector.detect`` call (one batch)."""
@@ -108,13 +116,15 @@ class InferenceStage:
         started = time.perf_counter()
         try:
             results = self.detector.detect([frame.image for frame in batch], [frame.header for frame in batch])
-        except Exception:
-            if len(batch) == 1:
-                self._bad_frame(batch[0])
+        except Exception as exc:
+            if len(batch) == 1 or self.failures_in_a_row:  # after a failure, no retry storm
+                for frame in batch:
+                    self._bad_frame(frame, exc)
                 return
             for frame in batch:  # find the bad frame; the others still get analysed
                 self._infer([frame])
             return
+        self.failures_in_a_row = 0
         self.batches += 1
         self.latency.observe(time.perf_counter() - started)
         damage = self.detector.damage
@@ -128,8 +138,14 @@ class InferenceStage:
             )
             send(self.out, parts)
 
-    def _bad_frame(self, frame: Frame) -> None:
+    def _bad_frame(self, frame: Frame, exc: Exception) -> None:
         self.errors += 1
+        self.failures_in_a_row += 1
+        if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            raise DetectorFailedError(
+                f"the detector failed on {self.failures_in_a_row} frames in a row, last on camera "
+                f"{frame.header.camera} frame {frame.header.seq}: {exc!r}; check the model and the execution provider"
+            ) from exc
         self._log.warning(
             "detect", "inference: camera %s frame %d failed and was skipped (%d so far)", frame.header.camera, frame.header.seq, self.errors
         )

@@ -108,7 +108,8 @@ def run_stage(name: str, settings: Settings, endpoints: Endpoints, parent_pid: i
         stats = body(StageContext(settings, endpoints, ctx, events, parent_pid))
         events.emit("done", final=True, **stats)
     except Exception as exc:
-        log.exception("%s stage failed", name)
+        log.error("%s stage failed: %s", name, exc)  # the supervisor repeats it; the traceback is for -v
+        log.debug("%s stage failure", name, exc_info=True)
         events.emit("error", final=True, message=str(exc) or repr(exc))
         code = 1
     finally:

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.runner import Supervisor, replay_files, replay_specs
@@ -101,3 +102,35 @@ def test_postgresql_stopped_for_10_s_mid_run_loses_and_duplicates_nothing(
     assert len({r.uid for r in rows}) == 2 and all(r.closed_at is not None for r in rows)
     err = capfd.readouterr().err
     assert err.count("database unavailable") == 1 and err.count("database available again") == 1
+
+
+def build_broken_model(path: Path, imgsz: int = 64) -> Path:
+    """A valid ONNX model whose output [B, 3] fits neither detector head: every frame fails."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    axes = numpy_helper.from_array(np.array([2, 3], np.int64), "axes")
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["images", "axes"], ["output0"], keepdims=0)],
+        "broken",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, imgsz, imgsz])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 3])],
+        [axes],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_detector_failing_every_frame_fails_the_replay_within_a_few_frames(make_settings, tmp_path: Path) -> None:
+    from pipeline.inference import MAX_FAILURES_IN_A_ROW
+
+    make_settings(detector={"model": str(build_broken_model(tmp_path / "broken.onnx"))})
+    clip = write_clip(tmp_path / "long.avi", 200, [])
+    proc = run_cli("--config", "config.yaml", "replay", "--no-progress", str(clip), cwd=tmp_path)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    assert f"failed on {MAX_FAILURES_IN_A_ROW} frames in a row" in err
+    assert err.count("frame") < 40, "no per-frame retry storm in the log"
+    assert "ok" not in out.split()
