@@ -17,10 +17,19 @@ from pipeline.logs import setup_logging
 log = logging.getLogger("scratchwatch")
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+TRAINING_COMMANDS = {
+    "dataset": "build a clean YOLO dataset (dedupe, split by photo, tile)",
+    "train": "train the detector from COCO weights (resumable)",
+    "export": "export a checkpoint to ONNX, check parity, embed metrics",
+    "evaluate": "score an ONNX model through the pipeline's detector code",
+}
+"""The training extra's commands (export/cli.py), listed here so that `run`, `replay` and `--help`
+never import the training package: it is loaded only when one of these is the command."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(training=_command(argv) in TRAINING_COMMANDS)
     args = parser.parse_args(argv)
     from storage.db import DatabaseUnavailableError  # light: SQLAlchemy only, no engine made
 
@@ -42,7 +51,19 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command(argv: list[str]) -> str | None:
+    """The subcommand in ``argv``: the first word that is neither an option nor --config's value."""
+    words = iter(argv)
+    for word in words:
+        if word == "--config":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(*, training: bool = False) -> argparse.ArgumentParser:
+    """With ``training``, the training extra's commands are the real ones (export.cli imported)."""
     parser = argparse.ArgumentParser(prog="scratchwatch", description="Scratch detection on parking-lot camera video.")
     parser.add_argument("--config", type=Path, help="config file (default: $SCRATCHWATCH_CONFIG, ./config.yaml, packaged default)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -66,7 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default: api.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="TCP port (default: api.port, 8080)")
     serve.set_defaults(func=cmd_serve)
-    _add_training(sub)
+    if training:
+        _add_training(sub)
+    else:
+        for name, text in TRAINING_COMMANDS.items():  # for --help; main() builds the real ones when used
+            sub.add_parser(name, help=text)
     register_operations(sub)
     return parser
 

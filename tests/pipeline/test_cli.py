@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from pipeline.cli import main
+from tests.pipeline.conftest import REPO
 from storage.db import connect
 from storage.repository import IncidentRepository
 
@@ -103,11 +105,38 @@ def test_missing_model_fails_the_replay_with_its_path(make_settings, two_mark_cl
     assert f"detector model {tmp_path / 'models/absent.onnx'} not found" in capsys.readouterr().err
 
 
-def test_training_commands_are_registered() -> None:
-    from pipeline.cli import build_parser
+def test_training_commands_are_registered_and_described_as_export_cli_does() -> None:
+    from pipeline.cli import TRAINING_COMMANDS, build_parser
 
-    [commands] = [a for a in build_parser()._actions if a.dest == "command"]
-    assert {"run", "replay", "incidents", "dataset", "train", "export", "evaluate"} <= set(commands.choices)
+    def helps(parser: argparse.ArgumentParser) -> dict[str, str]:
+        [commands] = [a for a in parser._actions if a.dest == "command"]
+        return {c.dest: c.help for c in commands._choices_actions}
+
+    light, real = helps(build_parser()), helps(build_parser(training=True))
+    assert {"run", "replay", "incidents", *TRAINING_COMMANDS} <= set(light)
+    assert light == real
+
+
+NO_TRAINING_IMPORTS = """
+import sys
+from pipeline.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("export", "torch", "ultralytics"))
+print("heavy:", heavy, "code:", code)
+"""
+
+
+@pytest.mark.parametrize("command", ["--help", "replay", "run"])
+def test_runtime_commands_never_import_the_training_package(make_settings, two_mark_clip: Path, tmp_path: Path, command: str) -> None:
+    make_settings(cameras=[{"id": "file", "source": str(two_mark_clip), "realtime": False}])
+    args = {"--help": ["--help"], "replay": ["replay", "--no-progress", "--fps", "2", str(two_mark_clip)], "run": ["run"]}[command]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", NO_TRAINING_IMPORTS, "--config", "config.yaml", *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert "heavy: [] code: 0" in done.stdout, (done.stdout, done.stderr)
 
 
 def test_replay_refuses_a_non_positive_fps(capsys) -> None:
