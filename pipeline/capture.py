@@ -1,6 +1,8 @@
 """Capture: one thread per source, OpenCV decoding, frames pushed to inference.
 
-Files are lossless (block on the high-water mark) and end with EOS; live sources (URLs, devices)
+Files are lossless (block on the high-water mark) and end with EOS, sent on the supervisor's
+control channel with the number of frames sent and acknowledged by inference once every one of
+them arrived (only then does the thread close its socket); live sources (URLs, devices)
 never block: a frame that does not fit is dropped and counted, and a lost stream reconnects with
 bounded exponential backoff and jitter. Each thread owns its PUSH socket (zmq sockets are not
 thread-safe), so one stalled camera never holds up another.
@@ -28,6 +30,9 @@ from pipeline.transport import CurveKeys, push_socket, send, send_until
 
 log = logging.getLogger(__name__)
 EOS_TIMEOUT_MS = 10_000
+ACK_TIMEOUT_S = 30.0
+"""Inference counts frames as they arrive (a few in flight at most), so its acknowledgement of an
+EOS is quick; this bound only matters when inference is wedged, which supervision reports."""
 FALLBACK_FPS = 25.0
 """Used when a file does not declare its frame rate."""
 
@@ -74,12 +79,23 @@ class CaptureThread(threading.Thread):
     """Reads one source until it ends or ``stop`` is set, then sends its EOS."""
 
     def __init__(
-        self, spec: SourceSpec, ctx: zmq.Context, endpoint: str, hwm: int, policy: CaptureConfig, stop: threading.Event,
+        self,
+        spec: SourceSpec,
+        ctx: zmq.Context,
+        endpoint: str,
+        hwm: int,
+        policy: CaptureConfig,
+        stop: threading.Event,
         curve: CurveKeys | None = None,
+        *,
+        control: str,
     ) -> None:
         super().__init__(name=f"capture-{spec.camera}", daemon=True)
         self.curve = curve
         self.spec, self.ctx, self.endpoint, self.hwm, self.policy, self.stop = spec, ctx, endpoint, hwm, policy, stop
+        self.control = control
+        self.acked = threading.Event()
+        """Set by whoever reads inference's acknowledgement (the supervisor): every frame arrived."""
         self.stats = CaptureStats()
         self.source_text = redact(spec.source)  # once: it is in every frame header
         self.abort = threading.Event()
@@ -102,8 +118,8 @@ class CaptureThread(threading.Thread):
             log.exception("camera %s: capture failed", self.spec.camera)
         finally:
             if not self.abort.is_set():
-                self._send_eos(sock)
-            sock.close(linger=0 if self.abort.is_set() else None)
+                self._end_stream()
+            sock.close(linger=0)  # acknowledged: nothing is left in flight; aborted: nobody listens
             self.stats.finished = True
 
     def _run_file(self, sock: zmq.Socket) -> None:
@@ -204,12 +220,28 @@ class CaptureThread(threading.Thread):
         level = logging.INFO if state == "connected" else logging.WARNING
         log.log(level, "camera %s (%s): %s%s", self.spec.camera, self.source_text, state, f"; {detail}" if detail else "")
 
-    def _send_eos(self, sock: zmq.Socket) -> None:
-        eos = EosHeader(camera=self.spec.camera, kind=self.spec.kind, source=self.source_text, error=self.stats.error)
+    def _end_stream(self) -> None:
+        """EOS on the control channel, then wait until inference confirms every frame arrived."""
+        eos = EosHeader(camera=self.spec.camera, kind=self.spec.kind, source=self.source_text, error=self.stats.error,
+                        frames=self.stats.sent)
+        control = push_socket(self.ctx, self.control, 1)
+        control.setsockopt(zmq.SNDTIMEO, EOS_TIMEOUT_MS)
         try:
-            send(sock, encode_control(eos))
+            send(control, encode_control(eos))
         except zmq.Again:
             log.error("camera %s: inference did not take the end-of-stream within %d ms", self.spec.camera, EOS_TIMEOUT_MS)
+            return
+        finally:
+            control.close(linger=EOS_TIMEOUT_MS)
+        deadline = time.monotonic() + ACK_TIMEOUT_S
+        while not self.acked.wait(0.1):
+            if self.abort.is_set():
+                return
+            if time.monotonic() > deadline:
+                log.error("camera %s: inference did not confirm the end of the stream within %.0f s; frames may be "
+                          "missing", self.spec.camera, ACK_TIMEOUT_S)
+                return
+        log.debug("camera %s: end of stream acknowledged after %d frames", self.spec.camera, self.stats.sent)
 
 
 def open_file(path: Path) -> cv2.VideoCapture:

@@ -159,6 +159,12 @@ class TransportConfig(_Section):
         title="High-water mark",
         description="Messages queued per socket before senders block (files) or drop (live): small keeps latency low.",
     )
+    stall_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        title="Stall timeout",
+        description="A stage that sends no heartbeat for this long is stalled: the run fails, naming it (systemd restarts the service).",
+    )
     curve: CurveConfig = Field(default_factory=CurveConfig, title="CurveZMQ", description="Encryption and peer keys of tcp links.")
 
     @model_validator(mode="after")

@@ -74,6 +74,7 @@ class IncidentsStage:
             "errors": self.errors,
             "first_frame_ns": self.first_frame_ns,
             "last_frame_ns": self.last_frame_ns,
+            **self.writer.stats(),
         }
 
     def _detections(self, message: Detections) -> None:
@@ -242,11 +243,11 @@ def _serve(stage: StageContext) -> dict[str, Any]:
                 log.warning("incidents: supervisor gone; closing open incidents and exiting")
                 worker.handle(StopHeader())
                 break
+            worker.progress()  # the heartbeat, also while no frame comes
     finally:
         writer.close(settings.database.flush_timeout_s)
         engine.dispose()
-    stats = {**worker.counts(), "saved": writer.saved, "db_retries": writer.retries, "spooled": writer.pending,
-             "quarantined": writer.quarantined, "needs_operator": writer.needs_operator, "malformed": receiver.malformed}
+    stats = {**worker.counts(), "malformed": receiver.malformed}
     spool.close()
     return stats
 

@@ -2,14 +2,17 @@
 
 Whatever is waiting is drained at once: live cameras keep only their newest frame (an older
 one would only add latency), replay frames are all kept, and frames from several cameras run
-as one batch. EOS and STOP keep their place in the stream, so incidents sees them after the
-frames that preceded them.
+as one batch. EOS and STOP come from the supervisor on the control channel, never on the frames
+socket: an EOS carries how many frames its source sent and is acknowledged (and forwarded to
+incidents, in order after that source's detections) once all of them arrived, so no frame of a
+file is lost to a socket closing early. The frames Receiver carries the heartbeat.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -54,49 +57,63 @@ def newest_live_only(messages: list[Message]) -> tuple[list[Message], int]:
 class InferenceStage:
     """The stage's loop, separate from process setup so tests can drive it on real sockets."""
 
-    def __init__(self, detector: CarGatedDetector, receiver: Receiver, out: zmq.Socket, max_batch: int, rate_limit_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        detector: CarGatedDetector,
+        receiver: Receiver,
+        out: zmq.Socket,
+        max_batch: int,
+        rate_limit_s: float = 10.0,
+        *,
+        control: Receiver,
+        notify: Callable[..., None] | None = None,
+    ) -> None:
         self.detector = detector
         self.receiver = receiver
+        self.control = control
         self.out = out
         self.max_batch = max_batch
-        self.frames = self.batches = self.dropped = self.errors = 0
+        self.notify = notify
+        """``EventSender.emit``: EOS acknowledgements to the supervisor."""
+        self.frames = self.batches = self.dropped = self.errors = self.foreign_control = 0
         self.cars = self.inferences = 0
         self.failures_in_a_row = 0
-        self.eos_seen: set[str] = set()
         self.latency = Histogram()
         """Seconds per ``detector.detect`` call (one batch)."""
-        self.stop_waiting: set[str] | None = None
+        self.received: Counter[str] = Counter()
+        self.pending_eos: dict[str, EosHeader] = {}
+        self.eos_done: set[str] = set()
+        self.stopping = False
         self._log = RateLimitedLog(log, rate_limit_s)
 
     def run(self, keep_going: Callable[[], bool] = lambda: True) -> None:
-        """Until STOP (after the EOS it waits for) or ``keep_going`` turns false."""
+        """Until STOP or ``keep_going`` turns false."""
         while True:
+            for message in self.control.drain(0, DRAIN_LIMIT):
+                self._control(message)
             messages = self.receiver.drain(POLL_MS, DRAIN_LIMIT)
-            if messages:
-                if self.handle(messages):
-                    return
-            elif not keep_going():
+            self.handle(messages)
+            if self._settle():
+                return
+            if not messages and not keep_going():
                 log.warning("inference: supervisor gone, exiting")
                 return
 
-    def handle(self, messages: list[Message]) -> bool:
-        """Process one drained round; True once STOP has been forwarded."""
-        kept, dropped = newest_live_only(messages)
-        self.dropped += dropped
-        batch: list[Frame] = []
-        for message in kept:
+    def handle(self, messages: list[Message]) -> None:
+        """Process one drained round of the frames socket."""
+        frames: list[Message] = []
+        for message in messages:
             if isinstance(message, Frame):
-                batch.append(message)
-                if len(batch) == self.max_batch:
-                    self._infer(batch)
-                    batch = []
-                continue
-            self._infer(batch)
-            batch = []
-            if self._control(message):
-                return True
-        self._infer(batch)
-        return False
+                self.received[message.header.camera] += 1
+                frames.append(message)
+            else:  # only the supervisor's control channel may end a stream
+                self.foreign_control += 1
+                self._log.warning("foreign", "inference: ignored a %s message on the frames socket (%d so far)",
+                                  type(message).__name__, self.foreign_control)
+        kept, dropped = newest_live_only(frames)
+        self.dropped += dropped
+        for start in range(0, len(kept), self.max_batch):
+            self._infer(kept[start : start + self.max_batch])  # type: ignore[arg-type]
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -108,6 +125,7 @@ class InferenceStage:
             "cars": self.cars,
             "damage_inferences": self.inferences,
             "latency": self.latency.snapshot(),
+            "foreign_control": self.foreign_control,
         }
 
     def _infer(self, batch: list[Frame]) -> None:
@@ -151,18 +169,35 @@ class InferenceStage:
         )
         log.debug("detector failure", exc_info=True)
 
-    def _control(self, message: Message) -> bool:
+    def _control(self, message: Message) -> None:
         if isinstance(message, EosHeader):
-            self.eos_seen.add(message.camera)
-            send(self.out, encode_control(message))
+            self.pending_eos[message.camera] = message
         elif isinstance(message, StopHeader):
-            self.stop_waiting = set(message.sources)
+            self.stopping = True
         else:
-            self._log.warning("unexpected", "inference: ignored unexpected %s message", type(message).__name__)
-        if self.stop_waiting is not None and self.stop_waiting <= self.eos_seen:
-            send(self.out, encode_control(StopHeader(sources=tuple(sorted(self.eos_seen)))))
-            return True
-        return False
+            self._log.warning("unexpected", "inference: ignored unexpected %s control message", type(message).__name__)
+
+    def _settle(self) -> bool:
+        """Forward and acknowledge each EOS whose frames all arrived; True once STOP is forwarded.
+
+        STOP comes after the supervisor had its acknowledgements; an EOS still waiting then
+        belongs to a source whose frames will never come, and is forwarded saying so.
+        """
+        for camera, eos in list(self.pending_eos.items()):
+            missing = (eos.frames or 0) - self.received[camera]
+            if missing > 0 and not self.stopping:
+                continue
+            if missing > 0:
+                eos = eos.model_copy(update={"error": eos.error or f"{missing} of {eos.frames} frames never arrived"})
+            send(self.out, encode_control(eos))
+            del self.pending_eos[camera]
+            self.eos_done.add(camera)
+            if self.notify:
+                self.notify("eos", final=True, camera=camera, frames=self.received[camera])
+        if self.stopping:
+            send(self.out, encode_control(StopHeader(sources=tuple(sorted(self.eos_done)))))
+        return self.stopping
+
 
 
 def inference_main(settings: Any, endpoints: Endpoints, parent_pid: int) -> None:
@@ -176,8 +211,10 @@ def _serve(stage: StageContext) -> dict[str, Any]:
     damage = detector.damage
     frames_in = pull_socket(stage.ctx, stage.endpoints.frames, hwm, curve=stage.endpoints.curve)
     detections_out = push_socket(stage.ctx, stage.endpoints.detections, hwm, curve=stage.endpoints.curve)
-    receiver = Receiver(frames_in, stage.settings.logging.rate_limit_s, "inference", stage.events.beat)
-    worker = InferenceStage(detector, receiver, detections_out, config.max_batch, stage.settings.logging.rate_limit_s)
+    rate_limit_s = stage.settings.logging.rate_limit_s
+    receiver = Receiver(frames_in, rate_limit_s, "inference", stage.events.beat)
+    control = Receiver(pull_socket(stage.ctx, stage.endpoints.control, hwm), rate_limit_s, "inference control")
+    worker = InferenceStage(detector, receiver, detections_out, config.max_batch, rate_limit_s, control=control, notify=stage.events.emit)
     stage.events.stats_source = worker.stats
     stage.events.emit(
         "ready", final=True, providers=damage.providers, model=str(damage.model_path), imgsz=list(damage.imgsz),

@@ -7,9 +7,15 @@ raw buffers sent and received without copies:
 - detections:  ``[header, (N, 12) float32 rows, frame?]``  inference -> incidents; a row is a
                damage box then the car it lies on (all -1 without one); the frame travels only
                when N > 0, since only incidents need pixels (for snapshots)
-- eos:         ``[header]``  a source ended; travels in order with that source's frames
-- stop:        ``[header]``  drain and exit once the EOS of every listed source has arrived
-- event:       ``[header]``  stage -> supervisor: ready, heartbeat, progress, done, error
+- eos:         ``[header]``  a source ended after ``frames`` frames; supervisor -> inference on the
+               control channel, then inference -> incidents in order with that source's detections
+- stop:        ``[header]``  drain and exit; supervisor -> inference on the control channel, then
+               inference -> incidents in-band
+- event:       ``[header]``  stage -> supervisor: ready, heartbeat (with counters), progress,
+               eos (the acknowledgement: every frame of a source arrived), done, error
+
+Control messages never travel on the frames socket: whoever can connect there can send frames,
+not end streams (inference ignores and counts EOS/STOP arriving there).
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ class EosHeader(_Header):
     kind: SourceKind
     source: str
     error: str | None = Field(default=None, description="why the source ended early, if it did")
+    frames: int | None = Field(default=None, ge=0, description="frames the source sent: the end is acknowledged once all arrived")
 
 
 class StopHeader(_Header):
@@ -84,7 +91,7 @@ class StopHeader(_Header):
 class EventHeader(_Header):
     type: Literal["event"] = "event"
     stage: str
-    event: Literal["ready", "heartbeat", "progress", "done", "error"]
+    event: Literal["ready", "heartbeat", "progress", "eos", "done", "error"]
     data: dict[str, Any] = Field(default_factory=dict)
 
 

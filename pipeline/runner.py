@@ -156,6 +156,7 @@ class Supervisor:
         self.stages: dict[str, dict[str, Any]] = {}
         self._ready: set[str] = set()
         self._done: set[str] = set()
+        self._last_beat: dict[str, float] = {}
         self._processes: dict[str, multiprocessing.process.BaseProcess] = {}
         self._captures: list[CaptureThread] = []
         self._capture_stop = threading.Event()
@@ -218,6 +219,7 @@ class Supervisor:
             thread = CaptureThread(
                 spec, ctx, self.endpoints.frames, self.settings.transport.hwm, self.settings.capture, self._capture_stop,
                 curve=self.endpoints.curve,
+                control=self.endpoints.control,
             )
             self._captures.append(thread)
             thread.start()
@@ -227,6 +229,7 @@ class Supervisor:
         while not self.stop.is_set() and not all(c.stats.finished for c in self._captures):
             self._poll(events)
             self._check_alive()
+            self._check_heartbeats()
             self._collect_capture_stats()
             self._observe("on_tick", self)
             if on_progress:
@@ -248,7 +251,7 @@ class Supervisor:
         if any(name not in self._processes or not self._processes[name].is_alive() for name in STAGES):
             self._rescue_incidents(ctx, events)
             return
-        control = push_socket(ctx, self.endpoints.frames, 1, curve=self.endpoints.curve)
+        control = push_socket(ctx, self.endpoints.control, 1)
         send(control, encode_control(StopHeader(sources=ended)))
         control.close()
         deadline = time.monotonic() + self.settings.database.flush_timeout_s + STOP_GRACE_S
@@ -285,11 +288,18 @@ class Supervisor:
 
     def _on_event(self, event: EventHeader) -> None:
         self._observe("on_event", event.stage, event.event, event.data)
-        if event.event == "ready":
+        self._last_beat[event.stage] = time.monotonic()
+        if event.event == "eos":
+            for thread in self._captures:
+                if thread.spec.camera == event.data.get("camera"):
+                    thread.acked.set()
+        elif event.event == "ready":
             self._ready.add(event.stage)
             self.stages[event.stage] = dict(event.data)
-        elif event.event == "progress" and event.stage == "incidents":
-            self._on_counts(event.data)
+        elif event.event == "progress":
+            self.stages.setdefault(event.stage, {}).update(event.data)
+            if event.stage == "incidents":
+                self._on_counts(event.data)
         elif event.event == "done":
             self._done.add(event.stage)
             self.stages.setdefault(event.stage, {}).update(event.data)
@@ -326,6 +336,15 @@ class Supervisor:
                 raise PipelineError(f"{name} stage stopped unexpectedly: {reason}")
             if name in self.stages and "error" in self.stages[name]:
                 raise PipelineError(f"{name} stage failed: {self.stages[name]['error']}")
+
+    def _check_heartbeats(self) -> None:
+        """A stage that stopped reporting (wedged in a driver call, stopped, deadlocked) fails the run."""
+        limit = self.settings.transport.stall_timeout_s
+        now = time.monotonic()
+        for name, last in self._last_beat.items():
+            if name in self._ready and name not in self._done and now - last > limit:
+                raise PipelineError(f"{name} stage stalled: no heartbeat for {now - last:.0f} s "
+                                    f"(transport.stall_timeout_s is {limit:g})")
 
     def _kill_leftovers(self) -> None:
         for thread in self._captures:

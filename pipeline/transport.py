@@ -70,12 +70,14 @@ class Endpoints:
     """inference -> incidents (incidents binds)"""
     events: str
     """stages -> supervisor (supervisor binds)"""
+    control: str
+    """supervisor -> inference: EOS and STOP, never on the frames socket (inference binds)"""
     curve: CurveKeys | None = None
     """Set when the tcp links run CurveZMQ; every socket on frames/detections then uses it."""
 
     def remove_files(self) -> None:
         """libzmq leaves ipc socket files behind; the run that made them removes them."""
-        for endpoint in (self.frames, self.detections, self.events):
+        for endpoint in (self.frames, self.detections, self.events, self.control):
             if endpoint.startswith("ipc://"):
                 Path(endpoint[len("ipc://") :]).unlink(missing_ok=True)
 
@@ -90,13 +92,14 @@ def make_endpoints(settings: Settings, tag: str | None = None) -> Endpoints:
             detections=_tcp(transport.host, transport.detections_port),
             events=_tcp("127.0.0.1", 0),
             curve=CurveKeys.load(transport.curve) if transport.curve.enabled else None,
+            control=_tcp("127.0.0.1", 0),
         )
     run_dir = settings.data_dir / "run"
     if len(str(run_dir)) + len(tag) + 20 > IPC_PATH_MAX:
         run_dir = Path(tempfile.mkdtemp(prefix="scratchwatch-"))
         log.info("data dir path too long for ipc sockets; using %s", run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    return Endpoints(*(f"ipc://{run_dir}/{tag}-{name}.sock" for name in ("frames", "detections", "events")))
+    return Endpoints(*(f"ipc://{run_dir}/{tag}-{name}.sock" for name in ("frames", "detections", "events", "control")))
 
 
 def _tcp(host: str, port: int) -> str:

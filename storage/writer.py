@@ -169,6 +169,11 @@ class IncidentWriter:
 
     # -- counters -----------------------------------------------------------------------
 
+    def stats(self) -> dict[str, object]:
+        """The counters as the incidents stage reports them in its heartbeats and final event."""
+        return {"saved": self.saved, "db_retries": self.retries, "spooled": self.pending,
+                "quarantined": self.quarantined, "needs_operator": self.needs_operator}
+
     @property
     def saved(self) -> int:
         """Records committed to the database."""

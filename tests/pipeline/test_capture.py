@@ -32,26 +32,32 @@ def read_all(sock: zmq.Socket, timeout_s: float = 30) -> list:
     raise AssertionError("no EOS")
 
 
-def test_file_is_sampled_by_media_time_losslessly_and_ends_with_eos(tmp_path: Path, two_mark_clip: Path) -> None:
+def test_file_is_sampled_by_media_time_losslessly_and_ends_with_an_acknowledged_eos(tmp_path: Path, two_mark_clip: Path) -> None:
     ctx = zmq.Context()
     try:
         sock = pull_socket(ctx, f"ipc://{tmp_path}/f.sock", hwm=1)  # tiny HWM: capture must block, not drop
+        control = pull_socket(ctx, f"ipc://{tmp_path}/c.sock", hwm=1)
         stop = threading.Event()
         spec = SourceSpec(camera="lot", source=str(two_mark_clip), fps=4.0)
-        thread = CaptureThread(spec, ctx, f"ipc://{tmp_path}/f.sock", 1, CaptureConfig(), stop)
+        thread = CaptureThread(spec, ctx, f"ipc://{tmp_path}/f.sock", 1, CaptureConfig(), stop, control=f"ipc://{tmp_path}/c.sock")
         thread.start()
         time.sleep(0.3)  # let the HWM fill
-        messages = read_all(sock)
+        frames = [decode(sock.recv_multipart(copy=False)) for _ in range(24)]
+        [eos] = read_all(control)
+        time.sleep(0.2)
+        assert thread.is_alive(), "the thread waits for the acknowledgement before closing its socket"
+        thread.acked.set()
         thread.join(5)
+        assert not thread.is_alive()
     finally:
         ctx.destroy(linger=0)
-    frames = [m for m in messages if isinstance(m, Frame)]
+    messages = [*frames, eos]
     # 10 fps source, 4 fps target: the first frame of each 0.25 s slot
     assert [f.header.media_time_s for f in frames[:5]] == pytest.approx([0.0, 0.3, 0.5, 0.8, 1.0])
     assert len(frames) == 24 == thread.stats.expected and thread.stats.dropped == 0
     assert [f.header.seq for f in frames] == list(range(24))
     assert {(f.header.camera, f.header.kind, f.header.shape) for f in frames} == {("lot", "replay", (240, 320, 3))}
-    assert messages[-1] == EosHeader(camera="lot", kind="replay", source=str(two_mark_clip))
+    assert messages[-1] == EosHeader(camera="lot", kind="replay", source=str(two_mark_clip), frames=24)
 
 
 def test_live_send_never_blocks_and_counts_drops(tmp_path: Path) -> None:
@@ -60,7 +66,8 @@ def test_live_send_never_blocks_and_counts_drops(tmp_path: Path) -> None:
     try:
         endpoint = f"ipc://{tmp_path}/l.sock"
         pull_socket(ctx, endpoint, hwm=1)
-        thread = CaptureThread(SourceSpec(camera="cam", source=UNREACHABLE), ctx, endpoint, 1, CaptureConfig(), threading.Event())
+        thread = CaptureThread(SourceSpec(camera="cam", source=UNREACHABLE), ctx, endpoint, 1, CaptureConfig(), threading.Event(),
+                               control=f"ipc://{tmp_path}/c.sock")
         sock = ctx.socket(zmq.PUSH)
         sock.setsockopt(zmq.SNDHWM, 1)
         sock.connect(endpoint)

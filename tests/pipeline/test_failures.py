@@ -134,3 +134,56 @@ def test_a_detector_failing_every_frame_fails_the_replay_within_a_few_frames(mak
     assert f"failed on {MAX_FAILURES_IN_A_ROW} frames in a row" in err
     assert err.count("frame") < 40, "no per-frame retry storm in the log"
     assert "ok" not in out.split()
+
+
+def test_tiny_videos_end_by_acknowledgement_with_every_frame_analysed(make_settings, tmp_path: Path) -> None:
+    """With 1x1 and 16x16 frames many messages sit in socket buffers when capture finishes: its
+    EOS waits for inference to confirm every one arrived, instead of trusting linger."""
+    make_settings()
+    clips = [write_clip(tmp_path / f"tiny{side}.avi", 50, [], size=(side, side)) for side in (1, 16)]
+    proc = run_cli("--config", "config.yaml", "replay", "--no-progress", *map(str, clips), cwd=tmp_path)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.splitlines() == [f"{clip.resolve()}: 50 frames, 0 incidents, ok" for clip in clips]
+
+
+def test_a_stop_injected_into_the_frames_socket_by_another_process_is_ignored_and_counted(
+    make_settings, two_mark_clip: Path
+) -> None:
+    import subprocess
+    import sys
+
+    settings = make_settings()
+    supervisor = Supervisor(settings, replay_specs(settings, [two_mark_clip], realtime=True))
+    injected: list[int] = []
+
+    def inject_once(sup: Supervisor) -> None:
+        if not injected and sup.results["replay:lot"].frames >= 5:
+            code = ("import sys, zmq; from pipeline.messages import StopHeader, encode_control; "
+                    "s = zmq.Context().socket(zmq.PUSH); s.connect(sys.argv[1]); "
+                    "s.send_multipart(encode_control(StopHeader())); s.close(linger=2000)")
+            injected.append(subprocess.run([sys.executable, "-c", code, sup.endpoints.frames], timeout=30).returncode)
+
+    report = supervisor.run(on_progress=inject_once)
+    assert injected == [0]
+    assert report.ok, report.problems
+    assert report.files[0].frames == 60 and report.incidents == 2
+    assert report.stages["inference"]["foreign_control"] == 1
+
+
+def test_a_stalled_stage_fails_the_run_naming_it(make_settings, two_mark_clip: Path) -> None:
+    """SIGSTOP: the process exists but does nothing, which only the missing heartbeat shows."""
+    from pipeline.runner import PipelineError
+
+    settings = make_settings(transport={"stall_timeout_s": 2})
+    supervisor = Supervisor(settings, replay_specs(settings, [two_mark_clip], realtime=True))
+    stopped: list[float] = []
+
+    def stop_inference(sup: Supervisor) -> None:
+        if not stopped and sup.results["replay:lot"].frames >= 3:
+            os.kill(sup._processes["inference"].pid, signal.SIGSTOP)
+            stopped.append(time.monotonic())
+
+    with pytest.raises(PipelineError, match=r"inference stage stalled: no heartbeat for \d+ s"):
+        supervisor.run(on_progress=stop_inference)
+    assert time.monotonic() - stopped[0] < 15

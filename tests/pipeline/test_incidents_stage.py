@@ -21,6 +21,9 @@ class ListWriter:
     def submit(self, record: IncidentRecord) -> None:
         self.records.append(record)
 
+    def stats(self) -> dict[str, object]:
+        return {}
+
 
 def detections(seq: int, box: list[float]):
     boxes = np.array([box + [0.9, 0]], dtype=np.float32)

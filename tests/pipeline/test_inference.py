@@ -24,22 +24,36 @@ MARK = Mark(0, 100, (200, 100, 30, 10))
 
 
 class Harness:
-    """frames PUSH -> [stage under test] -> detections PULL.
+    """frames PUSH + control PUSH -> [stage under test] -> detections PULL, with its events kept.
 
-    Frames go over inproc, where a message is in the receiver's pipe as soon as send returns, so
-    a test can queue messages before the stage starts without sleeping; results go over ipc.
+    Frames and control go over inproc, where a message is in the receiver's pipe as soon as send
+    returns, so a test can queue messages before the stage starts without sleeping; results go
+    over ipc.
     """
 
     def __init__(self, tmp: Path, model: Path, car_model: Path, hwm: int = 100) -> None:
         self.ctx = zmq.Context()
-        frames = f"inproc://frames-{id(self)}"
+        frames, control = f"inproc://frames-{id(self)}", f"inproc://control-{id(self)}"
         self.frames_in = pull_socket(self.ctx, frames, hwm)
         self.sender = push_socket(self.ctx, frames, hwm)
+        control_in = pull_socket(self.ctx, control, hwm)
+        self.control = push_socket(self.ctx, control, hwm)
         self.results = pull_socket(self.ctx, f"ipc://{tmp}/d.sock", hwm)
         out = push_socket(self.ctx, f"ipc://{tmp}/d.sock", hwm)
         cars = CarDetector(CarStageConfig(model=car_model), provider="cpu")
         detector = CarGatedDetector(Detector(model, provider="cpu"), cars, "strict", max_batch=4)
-        self.stage = InferenceStage(detector, Receiver(self.frames_in, 0.0, "test"), out, max_batch=4)
+        self.events: list[tuple[str, dict]] = []
+        self.stage = InferenceStage(
+            detector, Receiver(self.frames_in, 0.0, "test"), out, max_batch=4,
+            control=Receiver(control_in, 0.0, "test control"), notify=lambda event, final=False, **data: self.events.append((event, data)),
+        )
+
+    def end(self, camera: str, frames: int, kind: str = "replay") -> None:
+        """What a capture thread sends when its source ended after ``frames`` frames."""
+        self.control.send_multipart(encode_control(EosHeader(camera=camera, kind=kind, source=camera, frames=frames)))
+
+    def stop(self) -> None:
+        self.control.send_multipart(encode_control(StopHeader()))
 
     def frame(self, camera: str, seq: int, kind: str = "replay", marked: bool = True) -> list:
         img = scene(seq, [MARK] if marked else [])
@@ -67,6 +81,13 @@ class Harness:
         self.ctx.destroy(linger=0)
 
 
+def wait_for(predicate, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 @pytest.fixture
 def harness(tmp_path: Path, red_model: Path, car_model: Path) -> Iterator[Harness]:
     h = Harness(tmp_path, red_model, car_model)
@@ -79,8 +100,9 @@ def test_malformed_message_is_counted_and_the_next_frame_is_processed(harness: H
     harness.sender.send_multipart([b"garbage", b"more garbage"])
     harness.sender.send(b'{"type": "frame", "camera": "x"}')
     harness.sender.send_multipart(harness.frame("cam", 0))
-    harness.sender.send_multipart(encode_control(EosHeader(camera="cam", kind="replay", source="cam")))
-    harness.sender.send_multipart(encode_control(StopHeader(sources=("cam",))))
+    harness.end("cam", 1)
+    wait_for(lambda: ("eos", {"camera": "cam", "frames": 1}) in harness.events)
+    harness.stop()
     out = harness.collect()
     thread.join(5)
     assert not thread.is_alive()
@@ -96,11 +118,12 @@ def test_live_keeps_only_the_newest_waiting_frame_replay_keeps_all(harness: Harn
         harness.sender.send_multipart(harness.frame("live-cam", seq, kind="live"))
         if seq < 5:
             harness.sender.send_multipart(harness.frame("file", seq))
-    for camera, kind in (("live-cam", "live"), ("file", "replay")):
-        harness.sender.send_multipart(encode_control(EosHeader(camera=camera, kind=kind, source=camera)))
-    harness.sender.send_multipart(encode_control(StopHeader(sources=("live-cam", "file"))))
+    harness.end("live-cam", 10, "live")
+    harness.end("file", 5)
     # inproc: everything already waits in the stage's queue before it starts draining
     thread = harness.run_in_thread()
+    wait_for(lambda: len([e for e, _ in harness.events if e == "eos"]) == 2)
+    harness.stop()
     out = harness.collect()
     thread.join(5)
     seqs = {camera: [m.header.seq for m in out if isinstance(m, Detections) and m.header.camera == camera]
@@ -110,16 +133,55 @@ def test_live_keeps_only_the_newest_waiting_frame_replay_keeps_all(harness: Harn
     assert harness.stage.batches >= 2  # max_batch 4: the six frames ran as batches, not one by one
 
 
-def test_stop_waits_for_the_eos_it_lists(harness: Harness) -> None:
-    """STOP may overtake another source's frames (separate sockets); it must not cut them off."""
+def test_eos_is_acknowledged_and_forwarded_only_once_every_frame_arrived(harness: Harness) -> None:
+    """The EOS (control channel) overtakes the source's frames (frames socket): it must wait for them."""
     thread = harness.run_in_thread()
-    harness.sender.send_multipart(encode_control(StopHeader(sources=("a",))))
+    harness.end("a", 2)
+    time.sleep(0.5)
+    assert harness.events == [] or all(e != "eos" for e, _ in harness.events)
     harness.sender.send_multipart(harness.frame("a", 0, marked=False))
-    harness.sender.send_multipart(encode_control(EosHeader(camera="a", kind="replay", source="a")))
+    harness.sender.send_multipart(harness.frame("a", 1, marked=False))
+    wait_for(lambda: ("eos", {"camera": "a", "frames": 2}) in harness.events)
+    harness.stop()
+    out = harness.collect()
+    thread.join(5)
+    assert [type(m).__name__ for m in out] == ["Detections", "Detections", "EosHeader", "StopHeader"]
+    assert out[2].error is None
+
+
+def test_control_messages_on_the_frames_socket_are_ignored_and_counted(harness: Harness) -> None:
+    """Whoever can connect to the frames socket can send frames, not end the stream."""
+    thread = harness.run_in_thread()
+    intruder = push_socket(harness.ctx, harness.frames_in.getsockopt_string(zmq.LAST_ENDPOINT), 1)
+    intruder.send_multipart(encode_control(StopHeader()))
+    intruder.send_multipart(encode_control(EosHeader(camera="a", kind="replay", source="a")))
+    harness.sender.send_multipart(harness.frame("a", 0, marked=False))
+    wait_for(lambda: harness.stage.frames == 1)
+    assert thread.is_alive() and harness.stage.foreign_control == 2
+    harness.stop()
+    out = harness.collect()
+    assert [type(m).__name__ for m in out] == ["Detections", "StopHeader"]
+
+
+def test_stop_forwards_an_eos_whose_frames_never_came_saying_so(harness: Harness) -> None:
+    thread = harness.run_in_thread()
+    harness.end("a", 3)
+    harness.sender.send_multipart(harness.frame("a", 0, marked=False))
+    wait_for(lambda: harness.stage.frames == 1)
+    harness.stop()
     out = harness.collect()
     thread.join(5)
     assert [type(m).__name__ for m in out] == ["Detections", "EosHeader", "StopHeader"]
-    assert out[0].image is None and len(out[0].boxes) == 0
+    assert out[1].error == "2 of 3 frames never arrived"
+
+
+def test_heartbeats_carry_the_counters(harness: Harness) -> None:
+    thread = harness.run_in_thread()
+    harness.sender.send_multipart(harness.frame("a", 0, marked=False))
+    wait_for(lambda: any(e == "progress" and d["frames"] == 1 for e, d in harness.events), timeout=5)
+    harness.stop()
+    harness.collect()
+    thread.join(5)
 
 
 def test_a_frame_the_detector_cannot_take_is_skipped(harness: Harness) -> None:
@@ -128,7 +190,8 @@ def test_a_frame_the_detector_cannot_take_is_skipped(harness: Harness) -> None:
     hdr = FrameHeader(camera="cam", kind="replay", source="cam", seq=0, captured_ns=now_ns(), shape=bad.shape)
     harness.sender.send_multipart(encode_frame(hdr, bad))
     harness.sender.send_multipart(harness.frame("cam", 1))
-    harness.sender.send_multipart(encode_control(StopHeader()))
+    wait_for(lambda: harness.stage.frames == 1)
+    harness.stop()
     out = harness.collect()
     thread.join(5)
     assert [m.header.seq for m in out if isinstance(m, Detections)] == [1]
