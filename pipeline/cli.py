@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -13,6 +14,7 @@ from app.cli import register as register_operations
 from app.cli import register_incident_actions
 from pipeline.config import ConfigError, Settings, load_settings
 from pipeline.logs import setup_logging
+from pipeline.preflight import BadInput, check_database_url, check_run, expand_videos
 
 log = logging.getLogger("scratchwatch")
 EXIT_FAILED = 1
@@ -38,8 +40,19 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"scratchwatch: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except DatabaseUnavailableError as exc:
+    except BadInput as exc:
         print(f"scratchwatch: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except DatabaseUnavailableError as exc:
+        print(f"scratchwatch: {exc} — check that it runs and database.url / SCRATCHWATCH_DATABASE_URL", file=sys.stderr)
+        return EXIT_FAILED
+    except BrokenPipeError:  # `scratchwatch incidents list | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return EXIT_FAILED
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"scratchwatch: {exc or type(exc).__name__} — run again with --debug for the details", file=sys.stderr)
         return EXIT_FAILED
 
 
@@ -67,13 +80,14 @@ def build_parser(*, training: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scratchwatch", description="Scratch detection on parking-lot camera video.")
     parser.add_argument("--config", type=Path, help="config file (default: $SCRATCHWATCH_CONFIG, ./config.yaml, packaged default)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="debug logging, and a traceback for unexpected errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="analyse the configured cameras until SIGTERM/SIGINT")
     run.set_defaults(func=cmd_run)
 
     replay = sub.add_parser("replay", help="push video files through the pipeline, every incident with file and media time")
-    replay.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    replay.add_argument("files", nargs="+", type=Path, metavar="FILE", help="video files, or folders of them")
     replay.add_argument("--realtime", action="store_true", help="pace each file at its own frame rate")
     replay.add_argument("--fps", type=_positive_float, help="analysed frames per second of media time (default: replay.fps, null = every frame)")
     replay.add_argument("--no-progress", action="store_true", help="no progress bars (logs and summary only)")
@@ -166,7 +180,7 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
 
 def _settings(args: argparse.Namespace) -> Settings:
     settings = load_settings(args.config)
-    setup_logging("DEBUG" if args.verbose else settings.logging.level)
+    setup_logging("DEBUG" if args.verbose or args.debug else settings.logging.level)
     return settings
 
 
@@ -191,6 +205,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runner import PipelineError, run_cameras
 
     settings = _settings(args)
+    check_run(settings)
     try:
         report = run_cameras(settings, stop_on_signals(), daemon_observers(settings))
     except PipelineError as exc:
@@ -206,10 +221,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from pipeline.runner import PipelineError, replay_files
 
     settings = _settings(args)
+    files = expand_videos(args.files)
+    check_run(settings, cameras=False)
+    _check_server_reachable(settings.database_url)
     if args.fps is not None:
         settings = settings.model_copy(update={"replay": settings.replay.model_copy(update={"fps": args.fps})})
     try:
-        report = replay_files(settings, args.files, realtime=args.realtime, progress=not args.no_progress, stop=stop_on_signals())
+        report = replay_files(settings, files, realtime=args.realtime, progress=not args.no_progress, stop=stop_on_signals())
     except PipelineError as exc:
         log.error("%s", exc)
         return EXIT_FAILED
@@ -221,11 +239,26 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_FAILED
 
 
+def _check_server_reachable(url: str) -> None:
+    """A replay is short: a database server that does not answer is reported now, in one line.
+
+    (`run` is a daemon: its incidents stage keeps retrying, and records wait in the spool.)
+    """
+    from sqlalchemy import make_url
+
+    from storage.db import connect
+
+    if make_url(url).get_backend_name() != "sqlite":
+        connect(url).dispose()
+
+
 def _repository(args: argparse.Namespace):  # -> IncidentRepository
     from storage.db import connect
     from storage.repository import IncidentRepository
 
-    return IncidentRepository(connect(_settings(args).database_url))
+    url = _settings(args).database_url
+    check_database_url(url)
+    return IncidentRepository(connect(url))
 
 
 class UsageError(Exception):

@@ -76,14 +76,21 @@ def crop(image: np.ndarray, box: np.ndarray, margin: float) -> np.ndarray:
     return image[top:bottom, left:right]
 
 
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+"""Group-readable: a web server in the service's group can serve snapshots; others cannot."""
+
+
 def write_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
     """Encode, then write to a temporary file beside ``path`` and rename it into place."""
     ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise RuntimeError(f"snapshot {path}: JPEG encoding failed")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    for folder in reversed([p for p in (path.parent, *path.parent.parents) if not p.exists()]):
+        folder.mkdir(mode=DIR_MODE, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)  # the encoded buffer as is: no extra copy
         os.replace(tmp, path)

@@ -101,8 +101,8 @@ def test_run_without_cameras_is_a_clear_error(make_settings, tmp_path: Path, cap
 
 def test_missing_model_fails_the_replay_with_its_path(make_settings, two_mark_clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_settings(detector={"model": "models/absent.onnx"})
-    assert main(["--config", str(tmp_path / "config.yaml"), "replay", "--no-progress", str(two_mark_clip)]) == 1
-    assert f"detector model {tmp_path / 'models/absent.onnx'} not found" in capsys.readouterr().err
+    assert main(["--config", str(tmp_path / "config.yaml"), "replay", "--no-progress", str(two_mark_clip)]) == 2
+    assert f"detector model {tmp_path / 'models/absent.onnx'}: not found — set detector.model" in capsys.readouterr().err
 
 
 def test_training_commands_are_registered_and_described_as_export_cli_does() -> None:
@@ -152,3 +152,71 @@ def test_incidents_list_names_an_unreachable_database(tmp_path: Path, monkeypatc
     assert main(["incidents", "list"]) == 1
     err = capsys.readouterr().err
     assert "cannot reach database" in err and "nodb" in err and "secret" not in err
+
+
+BAD_INPUTS = {
+    "model missing": ({"detector": {"model": "absent.onnx"}}, {}, "replay", "detector model", "not found —"),
+    "model not ONNX": ({"detector": {"model": "text.onnx"}}, {}, "replay", "text.onnx: not an ONNX model —", ""),
+    "data dir a file": ({"data_dir": "a-file"}, {}, "replay", "data directory", "is a file —"),
+    "database URL garbage": ({}, {"SCRATCHWATCH_DATABASE_URL": "garbage://"}, "replay", "unsupported database 'garbage' —", ""),
+    "database URL not a URL": ({}, {"SCRATCHWATCH_DATABASE_URL": "not a url"}, "replay", "database URL is not a URL —", ""),
+    "database driver missing": ({}, {"SCRATCHWATCH_DATABASE_URL": "postgresql+nodriver://u@h/db"}, "replay", "driver not available", "pip install"),
+    "camera file missing": ({"cameras": [{"id": "gate", "source": "absent.mp4"}]}, {}, "run", "camera gate: video file", "fix cameras.0.source"),
+    "replay folder without videos": ({}, {}, "replay-empty-dir", "is a directory without video files", "—"),
+    "limit below 1": ({}, {}, "list-limit", "--limit: must be at least 1, got -5", ""),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_each_bad_input_is_one_line_with_exit_code_2_and_no_traceback(
+    make_settings, two_mark_clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, case: str
+) -> None:
+    sections, env, command, *expected = BAD_INPUTS[case]
+    (tmp_path / "text.onnx").write_text("not a model\n")
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "empty").mkdir()
+    make_settings(**sections)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    args = {"replay": ["replay", "--no-progress", str(two_mark_clip)], "run": ["run"],
+            "replay-empty-dir": ["replay", str(tmp_path / "empty")], "list-limit": ["incidents", "list", "--limit", "-5"]}[command]
+    try:
+        code = main(["--config", str(tmp_path / "config.yaml"), *args])
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert all(text in err for text in expected), err
+    lines = [line for line in err.splitlines() if line.startswith("scratchwatch:") or "error:" in line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+
+
+def test_a_directory_given_to_replay_expands_to_its_videos(tmp_path: Path) -> None:
+    from pipeline.preflight import expand_videos
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in ("b.mp4", "a.AVI", "notes.txt"):
+        (folder / name).write_bytes(b"")
+    single = tmp_path / "single.mkv"
+    assert expand_videos([single, folder]) == [single, folder / "a.AVI", folder / "b.mp4"]
+
+
+def test_an_unexpected_error_is_one_line_and_the_traceback_needs_debug(tmp_path: Path, monkeypatch, capsys) -> None:
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("SCRATCHWATCH_DATA_DIR", str(tmp_path / "a-file"))  # the SQLite file's folder is a file
+    assert main(["incidents", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--debug" in err and "Traceback" not in err
+    with pytest.raises(OSError):
+        main(["--debug", "incidents", "list"])
+
+
+def test_output_to_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SCRATCHWATCH_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "incidents", "list", "--format", "csv"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the first line is written, as `| head -0` would be
+    err = proc.stderr.read()
+    assert proc.wait(60) == 1
+    assert err == "", err

@@ -59,3 +59,12 @@ def test_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest
         write_jpeg(target, np.full((8, 8, 3), 255, np.uint8), 90)
     assert target.read_bytes() == before
     assert [p.name for p in target.parent.iterdir()] == ["x.jpg"]
+
+
+def test_snapshots_are_group_readable_and_folders_group_traversable(tmp_path: Path) -> None:
+    """0640 / 0750: a web server in the service's group can serve them, other users cannot."""
+    paths = write_snapshots(np.full((40, 60, 3), 90, np.uint8), np.array([5, 5, 20, 20]), "s",
+                            snapshot_paths(tmp_path / "snapshots", "cam", WHEN, "u"), SnapshotsConfig())
+    assert {oct(p.stat().st_mode & 0o777) for p in (paths.frame, paths.crop)} == {"0o640"}
+    folders = [paths.frame.parent, paths.frame.parent.parent, tmp_path / "snapshots"]
+    assert {oct(p.stat().st_mode & 0o777) for p in folders} == {"0o750"}
