@@ -300,10 +300,11 @@ class DatabaseConfig(_Section):
         "never stalls the writer).",
     )
     connect_timeout_s: float = Field(
-        default=60.0,
-        gt=0,
+        default=10.0,
+        ge=1,
         title="Connect timeout",
-        description="At start, how long to keep retrying a locked or unreachable database before failing.",
+        description="How long one PostgreSQL connection attempt may take. A database that is down or refuses us "
+        "never stops the pipeline: records wait in the spool while the writer retries.",
     )
     flush_timeout_s: float = Field(
         default=30.0, gt=0, title="Flush timeout", description="How long a clean shutdown waits for spooled records to be written; "

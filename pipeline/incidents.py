@@ -15,7 +15,6 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from pipeline.backoff import Backoff
 from pipeline.config import Settings
 from pipeline.logs import RateLimitedLog
 from pipeline.messages import Detections, EosHeader, Message, StopHeader
@@ -192,25 +191,6 @@ def incidents_main(settings: Settings, endpoints: Endpoints, parent_pid: int) ->
     run_stage("incidents", settings, endpoints, parent_pid, _serve)
 
 
-def connect_with_retry(url: str, timeout_s: float, statement_timeout_s: float | None = None) -> Any:
-    """storage.db.connect, retried while the database is locked or down (logged once)."""
-    from storage.db import DatabaseUnavailableError, connect, masked
-    from storage.writer import is_transient
-
-    deadline = time.monotonic() + timeout_s
-    backoff = Backoff(0.5, 5.0, 0.2)
-    while True:
-        try:
-            return connect(url, statement_timeout_ms=int(statement_timeout_s * 1000) if statement_timeout_s else None)
-        except Exception as exc:
-            retry = isinstance(exc, DatabaseUnavailableError) or is_transient(exc)
-            if not retry or time.monotonic() > deadline:
-                raise
-            if backoff.attempt == 0:
-                log.warning("database %s unavailable, retrying for up to %.0fs: %s", masked(url), timeout_s, exc)
-            time.sleep(backoff.next())
-
-
 def open_spool(settings: Settings) -> Any:
     """The data dir's spool for this database: old ``unsaved/*.jsonl`` imported, crashed runs adopted."""
     from storage.spool import SPOOL_FILENAME, Spool
@@ -222,13 +202,13 @@ def open_spool(settings: Settings) -> Any:
 
 
 def _serve(stage: StageContext) -> dict[str, Any]:
-    from storage.repository import IncidentRepository
-    from storage.writer import IncidentWriter
+    from storage.writer import IncidentWriter, LazyRepository
 
     settings = stage.settings
     spool = open_spool(settings)
-    engine = connect_with_retry(settings.database_url, settings.database.connect_timeout_s, settings.database.statement_timeout_s)
-    writer = IncidentWriter(IncidentRepository(engine), spool)
+    database = LazyRepository(settings.database_url, connect_timeout_s=settings.database.connect_timeout_s,
+                              statement_timeout_ms=int(settings.database.statement_timeout_s * 1000))
+    writer = IncidentWriter(database, spool)
     receiver = Receiver(pull_socket(stage.ctx, stage.endpoints.detections, settings.transport.hwm, curve=stage.endpoints.curve), settings.logging.rate_limit_s, "incidents", stage.events.beat)
     worker = IncidentsStage(settings, writer, stage.events)
     stage.events.stats_source = worker.counts
@@ -243,10 +223,9 @@ def _serve(stage: StageContext) -> dict[str, Any]:
                 log.warning("incidents: supervisor gone; closing open incidents and exiting")
                 worker.handle(StopHeader())
                 break
-            worker.progress()  # the heartbeat, also while no frame comes
     finally:
         writer.close(settings.database.flush_timeout_s)
-        engine.dispose()
+        database.dispose()
     stats = {**worker.counts(), "malformed": receiver.malformed}
     spool.close()
     return stats

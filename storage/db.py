@@ -25,7 +25,7 @@ from storage.models import Base
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 DEFAULT_DB_FILENAME = "scratchwatch.db"
 DEFAULT_SQLITE_BUSY_TIMEOUT_MS = 5000
-PG_CONNECT_TIMEOUT_S = 10
+PG_CONNECT_TIMEOUT_S = 10.0
 """A PostgreSQL server that accepts TCP but never answers must not hang a connect forever."""
 
 # Any constant works; it only has to be the same in every ScratchWatch process.
@@ -52,6 +52,7 @@ def connect(
     echo: bool = False,
     sqlite_busy_timeout_ms: int = DEFAULT_SQLITE_BUSY_TIMEOUT_MS,
     statement_timeout_ms: int | None = None,
+    connect_timeout_s: float = PG_CONNECT_TIMEOUT_S,
 ) -> Engine:
     """Open the database at `url` and bring its schema to the newest revision.
 
@@ -60,11 +61,11 @@ def connect(
     `sqlite_busy_timeout_ms` is how long a SQLite write waits for another writer's lock
     before failing with "database is locked" (which IncidentWriter then retries).
     `statement_timeout_ms` bounds each PostgreSQL statement (the writer's saves), so a hung
-    server costs a retry, not a stuck writer; PostgreSQL connects time out after
-    PG_CONNECT_TIMEOUT_S.
+    server costs a retry, not a stuck writer; a PostgreSQL connect gives up after `connect_timeout_s`.
     """
     sa_url = _normalise(make_url(url))
-    engine = _create_engine(sa_url, echo=echo, busy_timeout_ms=sqlite_busy_timeout_ms, statement_timeout_ms=statement_timeout_ms)
+    engine = _create_engine(sa_url, echo=echo, busy_timeout_ms=sqlite_busy_timeout_ms,
+                            statement_timeout_ms=statement_timeout_ms, connect_timeout_s=connect_timeout_s)
     try:
         _check_reachable(engine)
         migrate(engine)
@@ -128,9 +129,11 @@ def _normalise(url: URL) -> URL:
     return url
 
 
-def _create_engine(url: URL, *, echo: bool, busy_timeout_ms: int, statement_timeout_ms: int | None) -> Engine:
+def _create_engine(
+    url: URL, *, echo: bool, busy_timeout_ms: int, statement_timeout_ms: int | None, connect_timeout_s: float
+) -> Engine:
     if url.get_backend_name() != "sqlite":
-        args: dict[str, Any] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+        args: dict[str, Any] = {"connect_timeout": max(1, round(connect_timeout_s))}
         if statement_timeout_ms:
             args["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
         # pre_ping: after a server restart, pooled connections are dead; find out on checkout.

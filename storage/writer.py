@@ -20,7 +20,8 @@ from typing import Protocol
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from storage.repository import IncidentRecord
+from storage.db import DatabaseUnavailableError, connect, masked
+from storage.repository import IncidentRecord, IncidentRepository
 from storage.spool import Spool, SpoolError
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,34 @@ class IncidentSink(Protocol):
     def save(self, record: IncidentRecord) -> object: ...
 
 
+class LazyRepository:
+    """An IncidentRepository made on the first save, and again after a failed connect.
+
+    So the incidents stage starts, and spools, while the database is down or refuses us; the
+    writer's retry loop then does the connecting, with its backoff and its error classes.
+    """
+
+    def __init__(self, url: str, **connect_options: object) -> None:
+        self.url = url
+        self._options = connect_options
+        self._repo: IncidentRepository | None = None
+
+    def save(self, record: IncidentRecord) -> int:
+        if self._repo is None:
+            try:
+                engine = connect(self.url, **self._options)  # type: ignore[arg-type]
+            except DatabaseUnavailableError:
+                raise
+            except Exception as exc:  # never the record's fault: keep its text for operator_hint
+                raise DatabaseUnavailableError(f"cannot open database {masked(self.url)}: {exc}") from exc
+            self._repo = IncidentRepository(engine)
+        return self._repo.save(record)
+
+    def dispose(self) -> None:
+        if self._repo is not None:
+            self._repo.engine.dispose()
+
+
 class WriterClosedError(RuntimeError):
     """submit() after close(): the record would never be saved."""
 
@@ -48,7 +77,7 @@ def is_transient(exc: BaseException) -> bool:
     OperationalError; a dropped connection shows as connection_invalidated. Anything else
     (IntegrityError, a naive datetime, ...) is a problem with the record, which no retry fixes.
     """
-    if isinstance(exc, (OperationalError, PoolTimeoutError)):
+    if isinstance(exc, (OperationalError, PoolTimeoutError, DatabaseUnavailableError)):
         return True
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 

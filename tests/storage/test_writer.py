@@ -20,7 +20,7 @@ from sqlalchemy.pool import NullPool
 from storage.db import connect
 from storage.repository import IncidentRepository
 from storage.spool import Spool
-from storage.writer import BAD_RECORD, NEEDS_OPERATOR, TRANSIENT, IncidentWriter, WriterClosedError, classify, is_transient, operator_hint
+from storage.writer import BAD_RECORD, NEEDS_OPERATOR, TRANSIENT, IncidentWriter, LazyRepository, WriterClosedError, classify, is_transient, operator_hint
 from tests.storage.helpers import make_record, wait_until
 
 if TYPE_CHECKING:
@@ -267,3 +267,23 @@ def test_postgres_role_without_insert_is_an_operator_error_and_records_land_once
         engine.dispose()
         admin.dispose()
     assert IncidentRepository(connect(postgresql_url)).count() == 1
+
+
+@pytest.mark.postgres
+def test_a_database_down_at_start_delays_nothing_and_gets_the_records_when_it_comes_up(
+    postgres_cluster: PostgresCluster, spool: Spool
+) -> None:
+    database = LazyRepository(postgres_cluster.url(), connect_timeout_s=2)
+    writer = IncidentWriter(database, spool, **FAST_RETRY)
+    try:
+        for n in range(3):
+            writer.submit(make_record(n))  # returns at once: the records are in the spool
+        wait_until(lambda: writer.retries >= 2, what="connect retries while the server is down")
+        assert (writer.saved, writer.quarantined, spool.pending()) == (0, 0, 3)
+        postgres_cluster.start()
+        assert writer.close(timeout=60)
+    finally:
+        database.dispose()
+    engine = connect(postgres_cluster.url())
+    assert IncidentRepository(engine).count() == 3
+    engine.dispose()
