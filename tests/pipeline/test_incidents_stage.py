@@ -8,7 +8,7 @@ import numpy as np
 from pipeline.incidents import IncidentsStage, handle_safely
 from storage.repository import IncidentRecord
 from pipeline.logs import RateLimitedLog
-from pipeline.messages import decode, encode_detections
+from pipeline.messages import StopHeader, decode, encode_detections
 from tests.pipeline.test_messages import header, image, over_zmq
 
 
@@ -42,3 +42,34 @@ def test_a_message_that_raises_is_skipped_and_the_stage_goes_on(make_settings) -
     assert stage.errors == 1
     assert handle_safely(stage, detections(1, [1, 1, 3, 3]), bad) is False
     assert [r.camera_id for r in writer.records] == ["cam"], "the next good message still opens an incident"
+
+
+def test_a_full_disk_costs_snapshots_never_incident_rows(make_settings, monkeypatch) -> None:
+    """ENOSPC injected where the JPEG is written (a full disk cannot be made here); the real
+    writer, spool and SQLite still commit every incident, and the snapshot errors are counted."""
+    import errno
+
+    from pipeline.incidents import open_spool
+    from storage.db import connect
+    from storage.repository import IncidentRepository
+    from storage.writer import IncidentWriter, LazyRepository
+
+    def disk_full(*_args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("pipeline.snapshots.os.replace", disk_full)
+    settings = make_settings(tracker={"min_hits": 2, "max_missed": 2})
+    database = LazyRepository(settings.database_url)
+    writer = IncidentWriter(database, open_spool(settings))
+    stage = IncidentsStage(settings, writer)
+    for seq in range(4):
+        stage.handle(detections(seq, [1, 1, 3, 3]))
+    stage.handle(StopHeader())
+    assert writer.close(timeout=30)
+    database.dispose()
+    engine = connect(settings.database_url)
+    [row] = IncidentRepository(engine).list()
+    engine.dispose()
+    assert row.closed_at is not None and row.snapshot_path is None
+    assert stage.snapshot_errors >= 2  # at open and at close
+    assert not list((settings.data_dir / "snapshots").rglob("*.jpg"))
