@@ -5,18 +5,25 @@ control channel with the number of frames sent and acknowledged by inference onc
 them arrived (only then does the thread close its socket); live sources (URLs, devices)
 never block: a frame that does not fit is dropped and counted, and a lost stream reconnects with
 bounded exponential backoff and jitter. Each thread owns its PUSH socket (zmq sockets are not
-thread-safe), so one stalled camera never holds up another.
+thread-safe). A live camera is opened and read in a process of its own (``live_capture_main``,
+as Frigate does): OpenCV serialises FFmpeg's open across a process, so a camera that never
+answers would otherwise hold every other camera's connect and reconnect for ``open_timeout_s``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
+import os
 import re
+import signal
 import threading
 import time
 from dataclasses import dataclass
+from multiprocessing.sharedctypes import RawArray
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -24,7 +31,7 @@ import zmq
 
 from pipeline.backoff import Backoff
 from pipeline.config import CameraConfig, CaptureConfig, is_live_source
-from pipeline.logs import RateLimitedLog
+from pipeline.logs import RateLimitedLog, setup_logging
 from pipeline.messages import EosHeader, FrameHeader, SourceKind, encode_control, encode_frame, now_ns
 from pipeline.transport import CurveKeys, push_socket, send, send_until
 
@@ -33,6 +40,10 @@ EOS_TIMEOUT_MS = 10_000
 ACK_TIMEOUT_S = 30.0
 """Inference counts frames as they arrive (a few in flight at most), so its acknowledgement of an
 EOS is quick; this bound only matters when inference is wedged, which supervision reports."""
+LIVE_ACK_TIMEOUT_S = 3.0
+"""A live camera's last frames are worth no wait: its process may have been killed mid-send."""
+LIVE_LINGER_MS = 2000
+CAMERA_PROCESS_POLL_S = 0.2
 FALLBACK_FPS = 25.0
 """Used when a file does not declare its frame rate."""
 
@@ -159,7 +170,41 @@ class CaptureThread(threading.Thread):
             self.stats.sent += 1
         return index + 1
 
-    def _run_live(self, sock: zmq.Socket) -> None:
+    def _run_live(self, _sock: zmq.Socket) -> None:
+        """Read the camera in its own process, restarted (with backoff) if it dies; stop it when asked."""
+        counters = RawArray("q", len(_SHARED_FIELDS))  # written by the camera process
+        backoff = Backoff(self.policy.reconnect_initial_s, self.policy.reconnect_max_s, self.policy.reconnect_jitter)
+        while not self.stop.is_set():
+            code = self._camera_process(counters)
+            if code is not None and not self.stop.is_set():
+                log.error("camera %s: its capture process died (exit code %s); restarting it", self.spec.camera, code)
+                self.stop.wait(backoff.next())
+
+    def _camera_process(self, counters: Any) -> int | None:
+        """One camera process until it exits (its exit code) or ``stop`` is set (None)."""
+        spawn = multiprocessing.get_context("spawn")
+        child_stop = spawn.Event()
+        child = spawn.Process(
+            target=live_capture_main,
+            args=(self.spec, self.endpoint, self.hwm, self.policy, child_stop, counters, logging.getLogger().level, os.getpid()),
+            name=f"scratchwatch-camera-{self.spec.camera}",
+            daemon=True,
+        )
+        child.start()
+        try:
+            while not self.stop.wait(CAMERA_PROCESS_POLL_S) and child.is_alive():
+                _SharedStats.copy_to(counters, self.stats)
+        finally:
+            child_stop.set()
+            child.join(self.policy.open_timeout_s + 2)  # a hung FFmpeg call returns within its timeout
+            if child.is_alive():
+                child.kill()
+                child.join(5)
+            _SharedStats.copy_to(counters, self.stats)
+        return None if self.stop.is_set() else child.exitcode
+
+    def read_live(self, sock: zmq.Socket) -> None:
+        """The camera loop, run inside the camera's process: open, pump, reconnect with backoff."""
         backoff = Backoff(self.policy.reconnect_initial_s, self.policy.reconnect_max_s, self.policy.reconnect_jitter)
         while not self.stop.is_set():
             cap = open_live(self.spec.source, self.policy.open_timeout_s)
@@ -233,15 +278,66 @@ class CaptureThread(threading.Thread):
             return
         finally:
             control.close(linger=EOS_TIMEOUT_MS)
-        deadline = time.monotonic() + ACK_TIMEOUT_S
+        live = self.spec.kind == "live"
+        timeout_s = LIVE_ACK_TIMEOUT_S if live else ACK_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         while not self.acked.wait(0.1):
             if self.abort.is_set():
                 return
             if time.monotonic() > deadline:
-                log.error("camera %s: inference did not confirm the end of the stream within %.0f s; frames may be "
-                          "missing", self.spec.camera, ACK_TIMEOUT_S)
+                log.log(logging.INFO if live else logging.ERROR, "camera %s: inference did not confirm the end of the "
+                        "stream within %.0f s; frames may be missing", self.spec.camera, timeout_s)
                 return
         log.debug("camera %s: end of stream acknowledged after %d frames", self.spec.camera, self.stats.sent)
+
+
+_SHARED_FIELDS = ("sent", "dropped", "state")
+_STATES = ("starting", "connected", "unreachable", "lost")
+
+
+class _SharedStats(CaptureStats):
+    """A camera process's CaptureStats, mirrored into shared memory for its capture thread."""
+
+    def __init__(self, counters: Any) -> None:
+        super().__init__(sent=counters[0], dropped=counters[1], state=_STATES[counters[2]])  # a restart goes on counting
+        self.__dict__["_counters"] = counters
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in _SHARED_FIELDS and "_counters" in self.__dict__:
+            self._counters[_SHARED_FIELDS.index(name)] = _STATES.index(value) if name == "state" else value
+
+    @staticmethod
+    def copy_to(counters: Any, stats: CaptureStats) -> None:
+        stats.sent, stats.dropped, stats.state = counters[0], counters[1], _STATES[counters[2]]
+
+
+def live_capture_main(
+    spec: SourceSpec, endpoint: str, hwm: int, policy: CaptureConfig, stop: Any, counters: Any, level: int, parent_pid: int
+) -> None:
+    """A camera process (spawn target): reads one live source and pushes its frames to inference.
+
+    It stops when ``stop`` is set or its parent is gone; SIGINT/SIGTERM are the supervisor's.
+    """
+    setup_logging(level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_stop_when_orphaned, args=(stop, parent_pid), daemon=True).start()
+    ctx = zmq.Context()
+    reader = CaptureThread(spec, ctx, endpoint, hwm, policy, stop, control="")
+    reader.stats = _SharedStats(counters)
+    sock = push_socket(ctx, endpoint, hwm)
+    try:
+        reader.read_live(sock)
+    finally:
+        sock.close(linger=LIVE_LINGER_MS)  # frames already queued reach inference before the EOS is counted
+        ctx.term()
+
+
+def _stop_when_orphaned(stop: Any, parent_pid: int) -> None:
+    while not stop.wait(1.0):
+        if os.getppid() != parent_pid:
+            stop.set()
 
 
 def open_file(path: Path) -> cv2.VideoCapture:

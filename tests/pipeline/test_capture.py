@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -104,8 +106,9 @@ def test_unreachable_live_camera_does_not_affect_a_file_camera(make_settings, tw
 
     def stop_when_file_done(sup: Supervisor) -> None:
         file_capture = next(c for c in sup.captures if c.spec.camera == "lot")
-        if file_capture.stats.finished and sup.results["lot"].frames == 60:
-            sup.stop.set()
+        live_capture = next(c for c in sup.captures if c.spec.camera == "gate")
+        if file_capture.stats.finished and sup.results["lot"].frames == 60 and live_capture.stats.state == "unreachable":
+            sup.stop.set()  # the live camera runs in its own process: it may start after the file ended
 
     report = supervisor.run(stop_when_file_done)
     gate, lot = report.files
@@ -114,3 +117,50 @@ def test_unreachable_live_camera_does_not_affect_a_file_camera(make_settings, tw
     live = next(c for c in supervisor.captures if c.spec.camera == "gate")
     assert live.stats.state == "unreachable" and live.stats.finished
     assert report.ok and report.interrupted
+
+
+@pytest.fixture
+def served_clip(two_mark_clip: Path) -> Iterator[str]:
+    """The clip over HTTP on loopback: a live source (by scheme) that FFmpeg reads for real."""
+    import functools
+    import http.server
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(two_mark_clip.parent)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/{two_mark_clip.name}"
+    server.shutdown()
+
+
+@pytest.fixture
+def silent_camera() -> Iterator[str]:
+    """A camera that accepts the connection and never answers: FFmpeg waits out its open timeout."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/stream"
+    listener.close()
+
+
+def test_a_camera_that_never_answers_does_not_delay_a_working_one(make_settings, served_clip: str, silent_camera: str) -> None:
+    """OpenCV serialises FFmpeg's open within a process: each live camera has its own process."""
+    settings = make_settings(capture={"open_timeout_s": 5})
+    specs = [SourceSpec(camera="silent", source=silent_camera, fps=5), SourceSpec(camera="working", source=served_clip, fps=5)]
+    supervisor = Supervisor(settings, specs)
+    times: dict[str, float] = {}
+
+    def until_the_working_camera_delivers(sup: Supervisor) -> None:
+        times.setdefault("captures started", time.monotonic())
+        if sup.results["working"].frames >= 1:
+            times.setdefault("first frame", time.monotonic())
+            sup.stop.set()
+
+    started = time.monotonic()
+    report = supervisor.run(until_the_working_camera_delivers)
+    assert times["first frame"] - times["captures started"] < 2.0, times
+    assert report.files[0].frames == 0 and report.ok
+    assert time.monotonic() - started < 30, "shutdown waited out the silent camera's open at most once"
