@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,12 +39,18 @@ def ran(make_settings, two_mark_clip: Path, tmp_path: Path) -> Path:
         capture={"reconnect_initial_s": 0.2, "open_timeout_s": 2},
     )
     proc = scratchwatch("--config", "config.yaml", "run", cwd=tmp_path)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
     deadline = time.monotonic() + 90
-    while _closed_rows(settings.database_url) < 2:  # the live camera keeps `run` going
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+    # the live camera keeps `run` going; its own process may first try to connect after the file ended
+    while _closed_rows(settings.database_url) < 2 or not any("unreachable" in line for line in lines):
+        assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    proc.wait(timeout=60)
+    reader.join(10)
+    err = "".join(lines)
     assert proc.returncode == 0, err
     assert "camera gate (rtsp://127.0.0.1:9/none): unreachable" in err
     assert "camera lot: 60 frames analysed, 2 incidents" in err
