@@ -88,10 +88,14 @@ class InferenceStage:
 
     def run(self, keep_going: Callable[[], bool] = lambda: True) -> None:
         """Until STOP or ``keep_going`` turns false."""
+        poller = zmq.Poller()  # wake for either socket: an EOS or STOP must not wait behind a frames poll
+        poller.register(self.receiver.sock, zmq.POLLIN)
+        poller.register(self.control.sock, zmq.POLLIN)
         while True:
+            poller.poll(POLL_MS)
             for message in self.control.drain(0, DRAIN_LIMIT):
                 self._control(message)
-            messages = self.receiver.drain(POLL_MS, DRAIN_LIMIT)
+            messages = self.receiver.drain(0, DRAIN_LIMIT)
             self.handle(messages)
             if self._settle():
                 return

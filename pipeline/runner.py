@@ -243,9 +243,9 @@ class Supervisor:
         """Stop capture, send STOP behind the frames in flight, wait for both stages to finish."""
         self._observe("on_stop", self)
         self._capture_stop.set()
-        join_s = self.settings.capture.open_timeout_s + 2
-        for thread in self._captures:
-            thread.join(join_s)
+        deadline = time.monotonic() + self.settings.capture.open_timeout_s + 2
+        while any(t.is_alive() for t in self._captures) and time.monotonic() < deadline:
+            self._poll(events)  # the EOS acknowledgements the capture threads wait for
         self._collect_capture_stats()
         ended = tuple(c.spec.camera for c in self._captures if c.stats.finished)
         if any(name not in self._processes or not self._processes[name].is_alive() for name in STAGES):
