@@ -22,7 +22,7 @@ from pipeline.car_gate import CarGatedDetector, build_detector
 from pipeline.logs import RateLimitedLog
 from pipeline.messages import EosHeader, Frame, Message, StopHeader, encode_control, encode_detections
 from pipeline.stage import Histogram, StageContext, run_stage
-from pipeline.transport import Endpoints, Receiver, pull_socket, push_socket, send
+from pipeline.transport import LINGER_MS, Endpoints, Receiver, pull_socket, push_socket, send
 
 log = logging.getLogger(__name__)
 POLL_MS = 200
@@ -230,4 +230,7 @@ def _serve(stage: StageContext) -> dict[str, Any]:
         f" ({detector.cars.name})" if detector.cars else "",
     )
     worker.run(stage.parent_alive)
+    # the STOP just forwarded may still sit in the socket while incidents is busy: keep delivering it
+    # for as long as the supervisor waits for incidents, not only the stage's short exit linger
+    detections_out.close(linger=LINGER_MS)
     return worker.stats()
