@@ -218,6 +218,7 @@ def _serve(stage: StageContext) -> dict[str, Any]:
         while True:
             message = receiver.recv(POLL_MS)
             if message is not None and handle_safely(worker, message, bad):
+                stage.events.emit("stopping", final=True)  # the supervisor's proof that STOP arrived
                 break
             if message is None and not stage.parent_alive():
                 log.warning("incidents: supervisor gone; closing open incidents and exiting")

@@ -12,7 +12,8 @@ raw buffers sent and received without copies:
 - stop:        ``[header]``  drain and exit; supervisor -> inference on the control channel, then
                inference -> incidents in-band
 - event:       ``[header]``  stage -> supervisor: ready, heartbeat (with counters), progress,
-               eos (the acknowledgement: every frame of a source arrived), done, error
+               eos (the acknowledgement: every frame of a source arrived), stopping (incidents
+               got its STOP), done, error
 
 Control messages never travel on the frames socket: whoever can connect there can send frames,
 not end streams (inference ignores and counts EOS/STOP arriving there).
@@ -91,7 +92,7 @@ class StopHeader(_Header):
 class EventHeader(_Header):
     type: Literal["event"] = "event"
     stage: str
-    event: Literal["ready", "heartbeat", "progress", "eos", "done", "error"]
+    event: Literal["ready", "heartbeat", "progress", "eos", "stopping", "done", "error"]
     data: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -34,6 +34,10 @@ STAGES = {"incidents": incidents_main, "inference": inference_main}
 READY_TIMEOUT_S = 120.0
 STOP_GRACE_S = 30.0
 """Beyond the database flush timeout, how long the stages get to drain after STOP."""
+STOP_ACK_S = 10.0
+"""How long after inference finished the incidents stage may take to confirm its STOP."""
+EXIT_GRACE_S = 10.0
+"""How long a stage that reported `done` gets to exit before it is killed."""
 POLL_MS = 100
 _run_counter = 0
 
@@ -157,6 +161,9 @@ class Supervisor:
         self._ready: set[str] = set()
         self._done: set[str] = set()
         self._last_beat: dict[str, float] = {}
+        self._done_at: dict[str, float] = {}
+        self._stopping: set[str] = set()
+        self._stop_resent = False
         self._processes: dict[str, multiprocessing.process.BaseProcess] = {}
         self._captures: list[CaptureThread] = []
         self._capture_stop = threading.Event()
@@ -262,8 +269,30 @@ class Supervisor:
             if any(not p.is_alive() and p.exitcode not in (0, None) for p in self._processes.values()):
                 self._poll(events)  # collect the error event
                 break
-        for process in self._processes.values():
-            process.join(max(0.0, deadline - time.monotonic()))
+            self._check_stop_reached_incidents(ctx)
+        for name, process in self._processes.items():
+            # a stage that reported `done` has nothing left to lose: it gets a short grace to exit
+            grace = EXIT_GRACE_S if name in self._done else STOP_GRACE_S
+            process.join(max(0.0, min(grace, deadline - time.monotonic())))
+
+    def _check_stop_reached_incidents(self, ctx: zmq.Context) -> None:
+        """Inference is done but incidents never confirmed the STOP it forwarded: send it directly.
+
+        Incidents acknowledges STOP with a `stopping` event; without it, the STOP was lost on its
+        way (the stage keeps every record in the spool either way, but would wait to be killed).
+        """
+        since = self._done_at.get("inference")
+        if since is None or "incidents" in self._stopping or "incidents" in self._done or self._stop_resent:
+            return
+        if time.monotonic() - since > STOP_ACK_S:
+            log.warning("incidents did not confirm the STOP within %.0f s; sending it directly", STOP_ACK_S)
+            self._stop_resent = True
+            self._stop_incidents_directly(ctx)
+
+    def _stop_incidents_directly(self, ctx: zmq.Context) -> None:
+        control = push_socket(ctx, self.endpoints.detections, 1, curve=self.endpoints.curve)
+        send(control, encode_control(StopHeader()))
+        control.close()
 
     def _rescue_incidents(self, ctx: zmq.Context, events: Receiver) -> None:
         """Inference died: STOP the incidents stage directly so it closes and flushes what it has."""
@@ -271,9 +300,7 @@ class Supervisor:
         if process is None or not process.is_alive() or "incidents" in self._done:
             return
         log.warning("stopping the incidents stage directly so open incidents are closed and saved")
-        control = push_socket(ctx, self.endpoints.detections, 1, curve=self.endpoints.curve)
-        send(control, encode_control(StopHeader()))
-        control.close()
+        self._stop_incidents_directly(ctx)
         deadline = time.monotonic() + self.settings.database.flush_timeout_s + STOP_GRACE_S
         while "incidents" not in self._done and process.is_alive() and time.monotonic() < deadline:
             self._poll(events)
@@ -300,8 +327,11 @@ class Supervisor:
             self.stages.setdefault(event.stage, {}).update(event.data)
             if event.stage == "incidents":
                 self._on_counts(event.data)
+        elif event.event == "stopping":
+            self._stopping.add(event.stage)
         elif event.event == "done":
             self._done.add(event.stage)
+            self._done_at[event.stage] = time.monotonic()
             self.stages.setdefault(event.stage, {}).update(event.data)
             if event.stage == "incidents":
                 self._on_counts(event.data)
