@@ -389,6 +389,8 @@ class Supervisor:
                 log.warning("%s stage still running at exit; stopping it", name)
                 process.kill()
                 process.join(5)
+                if name not in self._done:  # its final counts never came: the run cannot claim success
+                    self.stages.setdefault(name, {}).setdefault("error", "did not finish in time and was killed")
 
 
 def camera_specs(settings: Settings) -> list[SourceSpec]:
