@@ -105,20 +105,28 @@ def test_postgresql_stopped_for_10_s_mid_run_loses_and_duplicates_nothing(
 
 
 def build_broken_model(path: Path, imgsz: int = 64) -> Path:
-    """A valid ONNX model whose output [B, 3] fits neither detector head: every frame fails."""
+    """A model that passes the detector's start check (all-zero input: output [1, 5, 0]) and fails
+    on every real frame, as a model broken by its inputs, a CUDA error or out of memory would: it
+    reshapes the indices of the non-zero pixels (4 per pixel, every pixel of a letterboxed frame
+    is non-zero) into rows of 5, which 4 x B x 3 x 64 x 64 never fills for a batch of 1 to 4."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    axes = numpy_helper.from_array(np.array([2, 3], np.int64), "axes")
+    rows = numpy_helper.from_array(np.array([1, 5, -1], np.int64), "rows")
     graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["images", "axes"], ["output0"], keepdims=0)],
+        [
+            helper.make_node("NonZero", ["images"], ["where"]),
+            helper.make_node("Cast", ["where"], ["where_f"], to=TensorProto.FLOAT),
+            helper.make_node("Reshape", ["where_f", "rows"], ["output0"]),
+        ],
         "broken",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, imgsz, imgsz])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 3])],
-        [axes],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, "n"])],
+        [rows],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
+    model.metadata_props.add(key="names", value="{0: 'scratch'}")
     onnx.save(model, str(path))
     return path
 
@@ -126,7 +134,7 @@ def build_broken_model(path: Path, imgsz: int = 64) -> Path:
 def test_a_detector_failing_every_frame_fails_the_replay_within_a_few_frames(make_settings, tmp_path: Path) -> None:
     from pipeline.inference import MAX_FAILURES_IN_A_ROW
 
-    make_settings(detector={"model": str(build_broken_model(tmp_path / "broken.onnx"))})
+    make_settings(detector={"model": str(build_broken_model(tmp_path / "broken.onnx")), "car_gate": "off"})
     clip = write_clip(tmp_path / "long.avi", 200, [])
     proc = run_cli("--config", "config.yaml", "replay", "--no-progress", str(clip), cwd=tmp_path)
     out, err = proc.communicate(timeout=60)
