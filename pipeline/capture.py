@@ -186,7 +186,8 @@ class CaptureThread(threading.Thread):
         child_stop = spawn.Event()
         child = spawn.Process(
             target=live_capture_main,
-            args=(self.spec, self.endpoint, self.hwm, self.policy, child_stop, counters, logging.getLogger().level, os.getpid()),
+            args=(self.spec, self.endpoint, self.hwm, self.policy, child_stop, counters, logging.getLogger().level, os.getpid(),
+                  self.curve),
             name=f"scratchwatch-camera-{self.spec.camera}",
             daemon=True,
         )
@@ -313,7 +314,15 @@ class _SharedStats(CaptureStats):
 
 
 def live_capture_main(
-    spec: SourceSpec, endpoint: str, hwm: int, policy: CaptureConfig, stop: Any, counters: Any, level: int, parent_pid: int
+    spec: SourceSpec,
+    endpoint: str,
+    hwm: int,
+    policy: CaptureConfig,
+    stop: Any,
+    counters: Any,
+    level: int,
+    parent_pid: int,
+    curve: CurveKeys | None = None,
 ) -> None:
     """A camera process (spawn target): reads one live source and pushes its frames to inference.
 
@@ -324,9 +333,9 @@ def live_capture_main(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_stop_when_orphaned, args=(stop, parent_pid), daemon=True).start()
     ctx = zmq.Context()
-    reader = CaptureThread(spec, ctx, endpoint, hwm, policy, stop, control="")
+    reader = CaptureThread(spec, ctx, endpoint, hwm, policy, stop, curve, control="")
     reader.stats = _SharedStats(counters)
-    sock = push_socket(ctx, endpoint, hwm)
+    sock = push_socket(ctx, endpoint, hwm, curve=curve)
     try:
         reader.read_live(sock)
     finally:
