@@ -292,7 +292,7 @@ class CaptureThread(threading.Thread):
         log.debug("camera %s: end of stream acknowledged after %d frames", self.spec.camera, self.stats.sent)
 
 
-_SHARED_FIELDS = ("sent", "dropped", "state")
+_SHARED_FIELDS = ("sent", "dropped", "reconnects", "state")
 _STATES = ("starting", "connected", "unreachable", "lost")
 
 
@@ -300,7 +300,7 @@ class _SharedStats(CaptureStats):
     """A camera process's CaptureStats, mirrored into shared memory for its capture thread."""
 
     def __init__(self, counters: Any) -> None:
-        super().__init__(sent=counters[0], dropped=counters[1], state=_STATES[counters[2]])  # a restart goes on counting
+        super().__init__(**_SharedStats.read(counters))  # a restarted process goes on counting
         self.__dict__["_counters"] = counters
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -309,8 +309,14 @@ class _SharedStats(CaptureStats):
             self._counters[_SHARED_FIELDS.index(name)] = _STATES.index(value) if name == "state" else value
 
     @staticmethod
+    def read(counters: Any) -> dict[str, Any]:
+        values = dict(zip(_SHARED_FIELDS, counters))
+        return {**values, "state": _STATES[values["state"]]}
+
+    @staticmethod
     def copy_to(counters: Any, stats: CaptureStats) -> None:
-        stats.sent, stats.dropped, stats.state = counters[0], counters[1], _STATES[counters[2]]
+        for name, value in _SharedStats.read(counters).items():
+            setattr(stats, name, value)
 
 
 def live_capture_main(
