@@ -175,15 +175,6 @@ def test_stop_forwards_an_eos_whose_frames_never_came_saying_so(harness: Harness
     assert out[1].error == "2 of 3 frames never arrived"
 
 
-def test_heartbeats_carry_the_counters(harness: Harness) -> None:
-    thread = harness.run_in_thread()
-    harness.sender.send_multipart(harness.frame("a", 0, marked=False))
-    wait_for(lambda: any(e == "progress" and d["frames"] == 1 for e, d in harness.events), timeout=5)
-    harness.stop()
-    harness.collect()
-    thread.join(5)
-
-
 def test_a_frame_the_detector_cannot_take_is_skipped(harness: Harness) -> None:
     thread = harness.run_in_thread()
     bad = np.zeros((0, 5, 3), np.uint8)  # valid message, but nothing to resize
