@@ -88,6 +88,16 @@ def decode_tail(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in graph.node if n.name not in network]
 
 
+def head_module(model: onnx.ModelProto, tail: list[str]) -> list[str]:
+    """All nodes of the module the decode tail belongs to (ultralytics names them ``/model.24/...``):
+    the detection head's own convs, whose box-distribution logits int8 blurs most. [] if unnamed."""
+    prefixes = {"/".join(name.split("/")[:2]) + "/" for name in tail if name.startswith("/") and name.count("/") > 1}
+    if len(prefixes) != 1:
+        return []
+    [prefix] = prefixes
+    return [node.name for node in model.graph.node if node.name.startswith(prefix)]
+
+
 def _name_nodes(model: onnx.ModelProto) -> None:
     """Give unnamed nodes unique names (exporters may leave them empty)."""
     taken = {node.name for node in model.graph.node}
@@ -101,7 +111,8 @@ def _name_nodes(model: onnx.ModelProto) -> None:
 
 def quantize_model(
     model: Path, data: Path, out: Path, *, split: str = "val", limit: int | None = None,
-    fmt: str = "qdq", per_channel: bool = True, method: str = "minmax",
+    fmt: str = "qdq", per_channel: bool = True, method: str = "minmax", float_head: bool = True,
+    ops: list[str] | None = None,
 ) -> dict:
     """Quantize ``model`` to int8 (weights int8, activations uint8) and write ``out`` with metadata.
 
@@ -116,8 +127,8 @@ def quantize_model(
 
     if fmt not in FORMATS:
         raise QuantizeError(f"unknown quantization format {fmt!r}: use one of {', '.join(FORMATS)}")
-    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-               "entropy": CalibrationMethod.Entropy}
+    methods = {"minmax": CalibrationMethod.MinMax, "average": CalibrationMethod.MinMax,
+               "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}
     if method not in methods:
         raise QuantizeError(f"unknown calibration method {method!r}: use one of {', '.join(methods)}")
     source = Detector(model, provider="cpu")  # also: the model exists and ONNX Runtime loads it
@@ -139,20 +150,22 @@ def quantize_model(
         _name_nodes(graph)  # nodes are excluded by name
         onnx.save(graph, str(prepared))
         excluded = decode_tail(graph)
+        if float_head:
+            excluded = sorted(set(excluded) | set(head_module(graph, excluded)))
         staging = out.with_name(f".{out.stem}.staging.onnx")
         quantize_static(
             str(prepared), str(staging), Reader(),
             quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
-            op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=excluded, per_channel=per_channel,
+            op_types_to_quantize=ops or QUANTIZED_OPS, nodes_to_exclude=excluded, per_channel=per_channel,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=methods[method],
-            extra_options={"CalibTensorRangeSymmetric": False},
+            extra_options={"CalibTensorRangeSymmetric": False, "CalibMovingAverage": method == "average"},
         )
     recipe = {
         "source_model": model.name, "source_sha256": source.model_sha256, "format": fmt,
         "per_channel": per_channel, "weights": "int8", "activations": "uint8", "calibration": method,
         "calibration_data": f"{data} [{split}]", "calibration_images": len(paths),
-        "preprocessing": "pipeline.detector.letterbox_into", "float_nodes": len(excluded),
-        "quantized_ops": QUANTIZED_OPS,
+        "preprocessing": "pipeline.detector.letterbox_into", "float_nodes": len(excluded), "float_head": float_head,
+        "quantized_ops": ops or QUANTIZED_OPS,
     }
     meta = {k: v for k, v in read_metadata(model).items() if k != "opset"}
     set_metadata(staging, {**meta, QUANT_KEY: recipe})

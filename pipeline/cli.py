@@ -97,6 +97,9 @@ def build_parser(*, training: bool = False) -> argparse.ArgumentParser:
     from app.detect import register as register_detect
 
     register_detect(sub)
+    from app.bench import register as register_bench
+
+    register_bench(sub)
     _add_incidents(sub)
     serve = sub.add_parser("serve", help="HTTP API and web page over the incident store (needs an API token)")
     serve.add_argument("--host", help="listen address (default: api.host, 127.0.0.1)")
