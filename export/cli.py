@@ -90,7 +90,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--format", dest="fmt", choices=("qdq", "qoperator"), default="qdq",
                    help="qdq (default: ONNX Runtime fuses it into QLinearConv) or qoperator")
     q.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per channel")
-    q.add_argument("--calibration", choices=("minmax", "percentile", "entropy"), default="minmax")
+    q.add_argument("--calibration", choices=("minmax", "average", "percentile", "entropy"), default="average",
+                   help="activation ranges: average (default: per-image min/max averaged, ignores rare outliers; "
+                        "measured best), minmax; "
+                        "percentile and entropy keep histograms of every activation (many GB at 480 px)")
+    q.add_argument("--keep-float", nargs="+", metavar="PREFIX", default=[],
+                   help="node-name prefixes left in float, e.g. /model.8/ /model.9/ (the layers int8 hurts most)")
     q.set_defaults(func=_reported(_cmd_quantize))
 
     v = subparsers.add_parser("evaluate", help="score an ONNX model through the pipeline's detector code")
@@ -218,7 +223,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
     out = args.out or args.model.with_name(f"{args.model.stem}-int8.onnx")
     recipe = quantize_model(args.model, args.data, out, split=args.split, limit=args.limit, fmt=args.fmt,
-                            per_channel=not args.per_tensor, method=args.calibration)
+                            per_channel=not args.per_tensor, method=args.calibration,
+                            keep_float=args.keep_float)
     print(f"wrote {out}: {recipe['format']}, {'per-channel' if recipe['per_channel'] else 'per-tensor'} int8 weights, "
           f"calibrated ({recipe['calibration']}) on {recipe['calibration_images']} images of {recipe['calibration_data']}; "
           f"use it with detector.model: {out}")

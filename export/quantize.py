@@ -7,7 +7,12 @@ so the ranges are the ones the model will see in service.
 
 Only the network is quantized. The detection head's decode tail (DFL softmax, anchor grid,
 box arithmetic, the final sigmoid and the concat of pixel boxes with 0..1 scores) stays float:
-one int8 scale cannot hold both 480 px coordinates and scores 0.01 apart.
+one int8 scale cannot hold both 480 px coordinates and scores 0.01 apart. The head module's own
+convs stay float too (``float_head``), and ``keep_float`` leaves more layers float by name.
+
+Measured on the shipped model (bench/README.md): the SiLU's Sigmoid and Mul must be quantized
+with the convs, or the graph fills with Quantize/Dequantize pairs and int8 is slower than fp32;
+activation ranges averaged per image (``average``) lose less mAP than the global min/max.
 
 The int8 file is never used silently: a person points ``detector.model`` at it. It carries the
 source model's metadata (names, imgsz, threshold, ...) plus ``scratchwatch_quantization``, what
@@ -111,8 +116,8 @@ def _name_nodes(model: onnx.ModelProto) -> None:
 
 def quantize_model(
     model: Path, data: Path, out: Path, *, split: str = "val", limit: int | None = None,
-    fmt: str = "qdq", per_channel: bool = True, method: str = "minmax", float_head: bool = True,
-    ops: list[str] | None = None,
+    fmt: str = "qdq", per_channel: bool = True, method: str = "average", float_head: bool = True,
+    ops: list[str] | None = None, keep_float: list[str] | None = None,
 ) -> dict:
     """Quantize ``model`` to int8 (weights int8, activations uint8) and write ``out`` with metadata.
 
@@ -152,6 +157,8 @@ def quantize_model(
         excluded = decode_tail(graph)
         if float_head:
             excluded = sorted(set(excluded) | set(head_module(graph, excluded)))
+        if keep_float:  # node-name prefixes, e.g. /model.8/: layers int8 hurts most stay float
+            excluded = sorted(set(excluded) | {n.name for n in graph.graph.node if n.name.startswith(tuple(keep_float))})
         staging = out.with_name(f".{out.stem}.staging.onnx")
         quantize_static(
             str(prepared), str(staging), Reader(),
@@ -164,7 +171,7 @@ def quantize_model(
         "source_model": model.name, "source_sha256": source.model_sha256, "format": fmt,
         "per_channel": per_channel, "weights": "int8", "activations": "uint8", "calibration": method,
         "calibration_data": f"{data} [{split}]", "calibration_images": len(paths),
-        "preprocessing": "pipeline.detector.letterbox_into", "float_nodes": len(excluded), "float_head": float_head,
+        "preprocessing": "pipeline.detector.letterbox_into", "float_nodes": len(excluded), "float_head": float_head, "keep_float": keep_float or [],
         "quantized_ops": ops or QUANTIZED_OPS,
     }
     meta = {k: v for k, v in read_metadata(model).items() if k != "opset"}

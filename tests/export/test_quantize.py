@@ -54,7 +54,7 @@ def test_quantized_model_keeps_metadata_and_finds_what_fp32_finds(tmp_path: Path
     assert meta["names"] == "{0: 'scratch'}" and meta["imgsz"] == "[128, 128]"
     assert meta["scratchwatch_threshold"] == "0.4" and meta["scratchwatch_metrics"] == '{"mAP50": 0.5}'
     assert quant_recipe(out) == recipe and quant_recipe(fp32) is None
-    assert recipe["calibration_images"] == 4 and recipe["format"] == "qdq" and recipe["per_channel"]
+    assert recipe["calibration_images"] == 4 and recipe["format"] == "qdq" and recipe["per_channel"] and recipe["calibration"] == "average"
     assert recipe["calibration_data"].endswith("[val]") and recipe["source_sha256"] == Detector(fp32).model_sha256
     graph = onnx.load(str(out)).graph
     ops = [node.op_type for node in graph.node]
