@@ -125,20 +125,25 @@ def ultralytics_loop(model: Path, clip: Path, imgsz: tuple[int, int], conf: floa
         from ultralytics.utils import LOGGER
     except ImportError:
         return None
-    for handler in LOGGER.handlers:  # it logs to stdout, which --json keeps for the one JSON object
-        if isinstance(handler, logging.StreamHandler):
-            handler.setStream(sys.stderr)
     found, stamps = [], []
-    with contextlib.redirect_stdout(sys.stderr):  # its banners would spoil --json
-        yolo = YOLO(str(model), task="detect")
-        stream = yolo.predict(source=str(clip), stream=True, imgsz=list(imgsz), conf=conf, iou=iou, device="cpu",
-                              rect=False, verbose=False, batch=1)
-        for result in stream:
-            boxes = result.boxes
-            found.append(np.concatenate([boxes.xyxy.numpy(), boxes.conf.numpy()[:, None]], axis=1).astype(np.float32))
-            stamps.append(time.perf_counter())
-            if len(found) == limit:
-                break
+    handlers = [h for h in LOGGER.handlers if isinstance(h, logging.StreamHandler)]
+    streams = [h.stream for h in handlers]
+    try:  # it logs to stdout, which --json keeps for the one JSON object (set, not setStream: no flush)
+        for handler in handlers:
+            handler.stream = sys.stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            yolo = YOLO(str(model), task="detect")
+            stream = yolo.predict(source=str(clip), stream=True, imgsz=list(imgsz), conf=conf, iou=iou, device="cpu",
+                                  rect=False, verbose=False, batch=1)
+            for result in stream:
+                boxes = result.boxes
+                found.append(np.concatenate([boxes.xyxy.numpy(), boxes.conf.numpy()[:, None]], axis=1).astype(np.float32))
+                stamps.append(time.perf_counter())
+                if len(found) == limit:
+                    break
+    finally:
+        for handler, original in zip(handlers, streams):
+            handler.stream = original
     span = stamps[-1] - stamps[0] if len(stamps) > 1 else 0.0
     return ((len(stamps) - 1) / span if span > 0 else 0.0), found
 
