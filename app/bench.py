@@ -225,7 +225,7 @@ def camera_step(settings: Settings, clip: Path, count: int, fps: float) -> dict[
         report = Supervisor(run, specs).run()
     latency = report.stages.get("incidents", {}).get("latency_ms", {})
     per_camera = [latency.get(spec.camera, {}).get("fps", 0.0) for spec in specs]
-    p50 = max((v["p50"] for v in latency.values()), default=float("nan"))
+    p50 = max((v["p50"] for v in latency.values()), default=float("nan"))  # the worst camera's
     p95 = max((v["p95"] for v in latency.values()), default=float("nan"))
     min_fps = min(per_camera, default=0.0)
     return {"cameras": count, "min_camera_fps": round(min_fps, 2), "mean_camera_fps": round(float(np.mean(per_camera)), 2),
@@ -296,7 +296,7 @@ def run_bench(settings: Settings, clip: Path, model: Path, frames: int, cameras:
     result["ratios"] = {"replay_vs_raw_batch1": round(whole / result["raw_fps"]["batch1"], 3),
                         "replay_vs_ultralytics": round(whole / loop[0], 2) if loop and loop[0] else None}
     if cameras:
-        cams = settings.model_copy(update={"detector": base.detector.model_copy(update={"car_gate": config.car_gate})})
+        cams = base.model_copy(update={"detector": base.detector.model_copy(update={"car_gate": config.car_gate})})
         result.update(camera_sweep(cams, clip, cameras, camera_fps, camera_seconds, camera_size))
     return result
 
