@@ -7,7 +7,7 @@ One run, one clip, one model file, one machine, so the figures can be set side b
   size and thresholds (square letterbox, ``rect=False``, as the pipeline fits frames); needs the
   training extra, else reported absent;
 - ``replay_fps``: ``scratchwatch replay`` of the clip, every frame analysed, whole frames
-  (``car_gate: off``) and with the car stage (``strict``);
+  (``car_gate: off``) and, when the config has a car stage, with it (the config's gate);
 - ``detections_match``: ultralytics and the replay's detection path (``build_detector`` with the
   replay's settings, run in-process on the same decoded frames) agree box for box (2 px, 0.01);
 - ``--cameras N``: 1, 2, 4 ... N copies of the clip (looped, resized, paced at their frame rate)
@@ -290,8 +290,8 @@ def run_bench(settings: Settings, clip: Path, model: Path, frames: int, cameras:
     else:
         result["ultralytics"] = "absent: install the training extra (pip install -e '.[train]')"
     result["replay_fps"] = {"whole_frame": replay_fps(base, clip, "off")}
-    if config.cars is not None:
-        result["replay_fps"]["car_stage"] = replay_fps(base, clip, "strict")
+    if config.car_gate != "off":  # the config has a car stage
+        result["replay_fps"]["car_stage"] = replay_fps(base, clip, config.car_gate)
     whole = result["replay_fps"]["whole_frame"]["fps"]
     result["ratios"] = {"replay_vs_raw_batch1": round(whole / result["raw_fps"]["batch1"], 3),
                         "replay_vs_ultralytics": round(whole / loop[0], 2) if loop and loop[0] else None}
