@@ -80,12 +80,14 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def accuracy(args: argparse.Namespace) -> dict[str, Any]:
-    from export.evaluate import evaluate_model
+    from export.evaluate import at_threshold, evaluate_model
 
     result = {}
     for name, model in (("fp32", args.fp32), ("int8", args.int8)):
         ev, images, _ = evaluate_model(model, args.data, "test", provider="cpu", progress=False, gate="off")
-        result[name] = {"mAP50": round(ev.map50, 4), "mAP50-95": round(ev.map50_95, 4), "images": len(images)}
+        threshold = Detector(model, provider="cpu", conf_threshold=None).conf_threshold
+        result[name] = {"mAP50": round(ev.map50, 4), "mAP50-95": round(ev.map50_95, 4), "images": len(images),
+                        "at_model_threshold": at_threshold(ev, threshold)}
     result["mAP50_loss"] = round(result["fp32"]["mAP50"] - result["int8"]["mAP50"], 4)
     return result
 
