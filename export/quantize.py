@@ -114,6 +114,30 @@ def _name_nodes(model: onnx.ModelProto) -> None:
             taken.add(node.name)
 
 
+def _prepared(model: Path, folder: Path) -> tuple[Path, onnx.ModelProto]:
+    """ONNX Runtime's pre-processing (shape inference, folding) with every node named."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = folder / "prepared.onnx"
+    # symbolic shape inference gives up on the dynamic H/W axes; ONNX's own inference is enough
+    quant_pre_process(str(model), str(prepared), skip_symbolic_shape=True)
+    graph = onnx.load(str(prepared))
+    _name_nodes(graph)  # nodes are excluded by name
+    onnx.save(graph, str(prepared))
+    return prepared, graph
+
+
+def float_nodes(graph: onnx.ModelProto, float_head: bool, keep_float: list[str]) -> list[str]:
+    """Nodes left in float: the decode tail, the head module's convs (``float_head``) and any node
+    whose name starts with one of ``keep_float``."""
+    excluded = set(decode_tail(graph))
+    if float_head:
+        excluded |= set(head_module(graph, sorted(excluded)))
+    excluded |= {n.name for n in graph.graph.node if keep_float and n.name.startswith(tuple(keep_float))}
+    return sorted(excluded)
+
+
 def quantize_model(
     model: Path, data: Path, out: Path, *, split: str = "val", limit: int | None = None,
     fmt: str = "qdq", per_channel: bool = True, method: str = "average", float_head: bool = True,
@@ -123,9 +147,7 @@ def quantize_model(
 
     Returns what was done (also stored in the file under ``scratchwatch_quantization``).
     """
-    import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from export.onnx_export import read_metadata, set_metadata
     from pipeline.detector import Detector
@@ -148,30 +170,27 @@ def quantize_model(
             return None if batch is None else {source.input_name: batch}
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.stem}.staging.onnx")  # `out` is replaced only by a finished file
     with tempfile.TemporaryDirectory(prefix="scratchwatch-quantize-") as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(model), str(prepared), skip_symbolic_shape=True)
-        graph = onnx.load(str(prepared))
-        _name_nodes(graph)  # nodes are excluded by name
-        onnx.save(graph, str(prepared))
-        excluded = decode_tail(graph)
-        if float_head:
-            excluded = sorted(set(excluded) | set(head_module(graph, excluded)))
-        if keep_float:  # node-name prefixes, e.g. /model.8/: layers int8 hurts most stay float
-            excluded = sorted(set(excluded) | {n.name for n in graph.graph.node if n.name.startswith(tuple(keep_float))})
-        staging = out.with_name(f".{out.stem}.staging.onnx")
-        quantize_static(
-            str(prepared), str(staging), Reader(),
-            quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
-            op_types_to_quantize=ops or QUANTIZED_OPS, nodes_to_exclude=excluded, per_channel=per_channel,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=methods[method],
-            extra_options={"CalibTensorRangeSymmetric": False, "CalibMovingAverage": method == "average"},
-        )
+        prepared, graph = _prepared(model, Path(tmp))
+        excluded = float_nodes(graph, float_head, keep_float or [])
+        try:
+            quantize_static(
+                str(prepared), str(staging), Reader(),
+                quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
+                op_types_to_quantize=ops or QUANTIZED_OPS, nodes_to_exclude=excluded, per_channel=per_channel,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=methods[method],
+                extra_options={"CalibTensorRangeSymmetric": False, "CalibMovingAverage": method == "average"},
+            )
+        except BaseException:
+            staging.unlink(missing_ok=True)
+            raise
     recipe = {
         "source_model": model.name, "source_sha256": source.model_sha256, "format": fmt,
         "per_channel": per_channel, "weights": "int8", "activations": "uint8", "calibration": method,
         "calibration_data": f"{data} [{split}]", "calibration_images": len(paths),
-        "preprocessing": "pipeline.detector.letterbox_into", "float_nodes": len(excluded), "float_head": float_head, "keep_float": keep_float or [],
+        "preprocessing": "pipeline.detector.letterbox_into", "float_nodes": len(excluded), "float_head": float_head,
+        "keep_float": keep_float or [],
         "quantized_ops": ops or QUANTIZED_OPS,
     }
     meta = {k: v for k, v in read_metadata(model).items() if k != "opset"}
