@@ -46,7 +46,7 @@ def test_bench_json_has_every_figure_and_the_detections_agree(config: Path, tmp_
     else:
         assert result["ultralytics_fps"] is None and "absent" in result["ultralytics"]
     [step] = result["camera_steps"]
-    assert step["cameras"] == 1 and step["min_camera_fps"] > 0 and step["p95_latency_ms"] > 0
+    assert step["cameras"] == 1 and step["min_camera_fps"] > 0 and step["p95_latency_ms"] > 0 and step["mean_batch"] >= 1
     assert result["cameras_held"] in (0, 1) and result["camera_size"] == "320x240"
     if importlib.util.find_spec("matplotlib"):
         assert chart.stat().st_size > 1000
