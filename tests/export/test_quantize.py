@@ -54,7 +54,7 @@ def test_quantized_model_keeps_metadata_and_finds_what_fp32_finds(tmp_path: Path
     assert meta["names"] == "{0: 'scratch'}" and meta["imgsz"] == "[128, 128]"
     assert meta["scratchwatch_threshold"] == "0.4" and meta["scratchwatch_metrics"] == '{"mAP50": 0.5}'
     assert quant_recipe(out) == recipe and quant_recipe(fp32) is None
-    assert recipe["calibration_images"] == 4 and recipe["format"] == "qdq" and recipe["per_channel"] and recipe["calibration"] == "average"
+    assert recipe["calibration_images"] == 4 and recipe["format"] == "qdq" and not recipe["per_channel"] and recipe["calibration"] == "average"
     assert recipe["calibration_data"].endswith("[val]") and recipe["source_sha256"] == Detector(fp32).model_sha256
     graph = onnx.load(str(out)).graph
     ops = [node.op_type for node in graph.node]
@@ -80,8 +80,8 @@ def test_decode_tail_is_what_no_learned_conv_needs(tmp_path: Path) -> None:
 
 def test_quantize_command_writes_next_to_the_model_and_names_bad_input(tmp_path: Path, dataset: Path, capsys) -> None:
     fp32 = build_red_model(tmp_path / "red.onnx", imgsz=64)
-    assert main(["quantize", str(fp32), "--data", str(dataset), "--limit", "2"]) == 0
-    assert "red-int8.onnx" in capsys.readouterr().out and (tmp_path / "red-int8.onnx").is_file()
+    assert main(["quantize", str(fp32), "--data", str(dataset), "--limit", "2", "--per-channel"]) == 0
+    assert "red-int8.onnx" in capsys.readouterr().out and quant_recipe(tmp_path / "red-int8.onnx")["per_channel"]
 
     assert main(["quantize", str(fp32), "--data", str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
