@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SW := $(BIN)/scratchwatch
 
-.PHONY: demo test setup setup-dev system-deps bench model model-v1 clean
+.PHONY: demo test setup setup-cpu setup-dev system-deps bench model model-v1 clean
 
 # The lot-camera install: runtime only, no torch.
 setup: $(VENV)/.runtime
@@ -12,6 +12,13 @@ $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -e .
 	touch $@
+
+# A CPU-only lot camera: plain onnxruntime instead of onnxruntime-gpu (no 255 MB CUDA wheel).
+setup-cpu:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements-cpu.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(VENV)/.runtime
 
 # Everything: runtime + training extra + test tools + PostgreSQL driver.
 setup-dev: $(VENV)/.dev

@@ -30,9 +30,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `tests.pipeline.synthetic` for the latency probe
 
+from app.bench import bench_settings as settings_for, decode_frames, raw_fps, steady_fps  # noqa: E402,F401
 from pipeline.config import DEFAULT_MODEL, Settings, load_settings  # noqa: E402
 from pipeline.detector import Detector  # noqa: E402
-from pipeline.runner import ReplayReport, Supervisor, replay_files  # noqa: E402
+from pipeline.runner import Supervisor, replay_files  # noqa: E402
 from pipeline.capture import SourceSpec  # noqa: E402
 
 DEFAULT_CLIP = REPO.parent / "shared/videos/udacity_lanelines_solidWhiteRight.mp4"
@@ -40,50 +41,8 @@ SHIPPED_MODEL = REPO / DEFAULT_MODEL
 
 
 def bench_settings(data_dir: Path, model: Path, threads: int | None, max_batch: int, **detector: Any) -> Settings:
-    base = load_settings(REPO / "config.yaml")
-    return base.model_copy(
-        update={
-            "data_dir": data_dir,
-            "cameras": [],
-            "detector": base.detector.model_copy(
-                update={"model": model, "provider": "cpu", "threads": threads, "max_batch": max_batch, **detector}
-            ),
-            "database": base.database.model_copy(update={"url": None}),
-            "replay": base.replay.model_copy(update={"fps": None}),
-        }
-    )
-
-
-def steady_fps(report: ReplayReport) -> float:
-    """Frames per second between the first and the last analysed frame (no process start-up)."""
-    stats = report.stages["incidents"]
-    span_s = (stats["last_frame_ns"] - stats["first_frame_ns"]) / 1e9
-    return (report.frames - 1) / span_s if span_s > 0 else 0.0
-
-
-def decode_frames(clip: Path, limit: int) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(clip))
-    frames = []
-    while len(frames) < limit:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
-    return frames
-
-
-def raw_fps(detector: Detector, frames: list[np.ndarray], batch: int, repeats: int) -> float:
-    """ONNX Runtime alone: frames preprocessed beforehand, only session runs are timed."""
-    batches = [detector.preprocess(frames[i : i + batch])[0] for i in range(0, len(frames), batch)]
-    detector.run(batches[0])  # warm-up
-    best = 0.0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for chunk in batches:
-            detector.run(chunk)
-        best = max(best, len(frames) / (time.perf_counter() - start))
-    return best
+    """The repository's config.yaml measuring ``model`` (see ``app.bench.bench_settings``)."""
+    return settings_for(load_settings(REPO / "config.yaml"), data_dir, model, threads, max_batch, **detector)
 
 
 def throughput(args: argparse.Namespace) -> dict[str, Any]:

@@ -81,6 +81,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--out", type=Path, default=Path("models/scratchwatch-cars-yolov5n-coco-416.onnx"))
     c.set_defaults(func=_reported(_cmd_car_model))
 
+    q = subparsers.add_parser("quantize", help="int8 copy of an ONNX model for CPUs (static, calibrated on the val split)")
+    q.add_argument("model", type=Path, help="the fp32 ONNX model (e.g. the shipped damage model)")
+    q.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset whose split calibrates the activation ranges")
+    q.add_argument("--split", default="val", help="calibration split (never test: it scores the result)")
+    q.add_argument("--limit", type=int, help="calibrate on at most N images, evenly spread (default: all)")
+    q.add_argument("--out", type=Path, help="default: MODEL-int8.onnx next to MODEL")
+    q.add_argument("--format", dest="fmt", choices=("qdq", "qoperator"), default="qdq",
+                   help="qdq (default: ONNX Runtime fuses it into QLinearConv) or qoperator")
+    q.add_argument("--per-channel", action="store_true",
+                   help="one weight scale per output channel (default: per tensor, which lost less mAP on the shipped model)")
+    q.add_argument("--calibration", choices=("minmax", "average", "percentile", "entropy"), default="average",
+                   help="activation ranges: average (default: per-image min/max averaged, ignores rare outliers; "
+                        "measured best), minmax; "
+                        "percentile and entropy keep histograms of every activation (many GB at 480 px)")
+    q.add_argument("--keep-float", nargs="+", metavar="PREFIX", default=[],
+                   help="node-name prefixes left in float, e.g. /model.8/ /model.9/ (the layers int8 hurts most)")
+    q.set_defaults(func=_reported(_cmd_quantize))
+
     v = subparsers.add_parser("evaluate", help="score an ONNX model through the pipeline's detector code")
     v.add_argument("model", type=Path)
     v.add_argument("data", type=Path, help="a dataset folder built by `scratchwatch dataset build`")
@@ -100,11 +118,12 @@ def _reported(command):
     ends the command with its one-line message, which names the file, instead of a traceback."""
     def run(args: argparse.Namespace) -> int:
         from export.dataset import DatasetError
+        from export.quantize import QuantizeError
         from export.weights import WeightsError
 
         try:
             return command(args)
-        except (DatasetError, WeightsError, FileNotFoundError) as exc:
+        except (DatasetError, WeightsError, QuantizeError, FileNotFoundError) as exc:
             print(f"scratchwatch {args.command}: {exc}", file=sys.stderr)
             return 1
 
@@ -197,6 +216,19 @@ def _cmd_car_model(args: argparse.Namespace) -> int:
     p = report["parity"]
     print(f"wrote {args.out}: {report['tensors_loaded']} tensors loaded, parity max diff {p['max_abs_diff_px']:.1e} px, "
           f"{p['max_score_diff']:.1e} score")
+    return 0
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from export.quantize import quantize_model
+
+    out = args.out or args.model.with_name(f"{args.model.stem}-int8.onnx")
+    recipe = quantize_model(args.model, args.data, out, split=args.split, limit=args.limit, fmt=args.fmt,
+                            per_channel=args.per_channel, method=args.calibration,
+                            keep_float=args.keep_float)
+    print(f"wrote {out}: {recipe['format']}, {'per-channel' if recipe['per_channel'] else 'per-tensor'} int8 weights, "
+          f"calibrated ({recipe['calibration']}) on {recipe['calibration_images']} images of {recipe['calibration_data']}; "
+          f"use it with detector.model: {out}")
     return 0
 
 

@@ -25,6 +25,7 @@ TRAINING_COMMANDS = {
     "export": "export a checkpoint to ONNX, check parity, embed metrics",
     "evaluate": "score an ONNX model through the pipeline's detector code",
     "car-model": "export the car stage: COCO YOLOv5n with its classic head, all 349 tensors",
+    "quantize": "int8 copy of an ONNX model for CPUs (static, calibrated on the val split)",
 }
 """The training extra's commands (export/cli.py), listed here so that `run`, `replay` and `--help`
 never import the training package: it is loaded only when one of these is the command."""
@@ -97,6 +98,9 @@ def build_parser(*, training: bool = False) -> argparse.ArgumentParser:
     from app.detect import register as register_detect
 
     register_detect(sub)
+    from app.bench import register as register_bench
+
+    register_bench(sub)
     _add_incidents(sub)
     serve = sub.add_parser("serve", help="HTTP API and web page over the incident store (needs an API token)")
     serve.add_argument("--host", help="listen address (default: api.host, 127.0.0.1)")

@@ -16,6 +16,7 @@ from collections import Counter
 from typing import Any
 
 from pipeline.config import Settings
+from pipeline.latency import LatencyLog
 from pipeline.logs import RateLimitedLog
 from pipeline.messages import Detections, EosHeader, Message, StopHeader
 from pipeline.snapshots import snapshot_paths, write_snapshots
@@ -43,6 +44,7 @@ class IncidentsStage:
         self.errors = 0
         self.first_frame_ns: int | None = None
         self.last_frame_ns: int | None = None
+        self.latency = LatencyLog()
         self._last_progress = 0.0
 
     def handle(self, message: Message) -> bool:
@@ -74,6 +76,7 @@ class IncidentsStage:
             "first_frame_ns": self.first_frame_ns,
             "last_frame_ns": self.last_frame_ns,
             **self.writer.stats(),
+            "latency_ms": self.latency.summary(),
         }
 
     def _detections(self, message: Detections) -> None:
@@ -92,6 +95,7 @@ class IncidentsStage:
             if self._snapshots(track):  # after the first write: JPEG encoding is off the latency path
                 self.writer.submit(incident_record(track))
         self._close_tracks(update.closed)
+        self.latency.add(camera, message.header.captured_ns)
         self.progress()
 
     def _close(self, tracker: CameraTracker | None) -> None:
