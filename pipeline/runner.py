@@ -26,7 +26,7 @@ from pipeline.config import Settings
 from pipeline.incidents import incidents_main
 from pipeline.inference import inference_main
 from pipeline.messages import EventHeader, StopHeader, encode_control
-from pipeline.transport import Endpoints, Receiver, close_context, make_endpoints, pull_socket, push_socket, send
+from pipeline.transport import LINGER_MS, Endpoints, Receiver, close_context, make_endpoints, pull_socket, push_socket, send
 
 log = logging.getLogger(__name__)
 STAGES = {"incidents": incidents_main, "inference": inference_main}
@@ -35,10 +35,11 @@ READY_TIMEOUT_S = 120.0
 STOP_GRACE_S = 30.0
 """Beyond the database flush timeout, how long the stages get to drain after STOP."""
 STOP_ACK_S = 5.0
-"""How long after inference finished the incidents stage may take to confirm its STOP (the last
-message of the inference stage is sometimes lost on its way, about 1 run in 10 under load)."""
-EXIT_GRACE_S = 10.0
-"""How long a stage that reported `done` gets to exit before it is killed."""
+"""How long after inference finished *and exited* the incidents stage may take to confirm its STOP.
+Before, the resend did not wait for inference to exit and overtook its last detections under load."""
+EXIT_GRACE_S = LINGER_MS / 1000 + 5.0
+"""How long a stage that reported `done` gets to exit before it is killed: longer than the linger
+in which inference delivers its last detections to a slow incidents stage."""
 POLL_MS = 100
 _run_counter = 0
 
@@ -285,6 +286,9 @@ class Supervisor:
         since = self._done_at.get("inference")
         if since is None or "incidents" in self._stopping or "incidents" in self._done or self._stop_resent:
             return
+        inference = self._processes.get("inference")
+        if inference is not None and inference.is_alive():
+            return  # still delivering its last detections (it exits once they are taken): a STOP sent now would overtake them
         if time.monotonic() - since > STOP_ACK_S:
             log.warning("incidents did not confirm the STOP within %.0f s; sending it directly", STOP_ACK_S)
             self._stop_resent = True
