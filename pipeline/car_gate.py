@@ -6,8 +6,8 @@ scratch to a few pixels, and lets the model fire on bay lines and asphalt. Cropp
 must lie on a car (its centre on the car box), which silences everything that is not a car.
 
 The gate is a per-source policy (``detector.car_gate``): ``strict`` (cameras: no car, no damage
-looked for), ``photo`` (a frame without a found car counts as one car filling it, so close-ups
-of a door still work) and ``off`` (the whole frame, the old behaviour).
+looked for), ``photo`` (a photo without a found car, or whose largest car covers
+``photo_whole_share`` of it, is looked at whole, so close-ups of a door still work) and ``off`` (the whole frame, the old behaviour).
 
 On cameras, :class:`InspectionScheduler` tracks cars and spends damage inferences on new or
 moved cars first; a parked car is re-inspected every ``inspect_every_s`` and, in between, its
@@ -24,14 +24,11 @@ from pipeline.cars import CarDetector, centres_inside, crop_to_frame
 from pipeline.config import CarGate, DetectorConfig, TrackerConfig
 from pipeline.detector import Detector, nms_keep
 from pipeline.geometry import box_iou, grow_window, margin_window
-from pipeline.messages import FrameHeader
+from pipeline.messages import DAMAGE_COLUMNS, DETECTION_COLUMNS, FrameHeader
 from pipeline.tracker import CameraTracker, Track
 
-DET_COLUMNS = 6
-"""x1 y1 x2 y2 score cls of a damage box."""
-ROW_COLUMNS = 12
-"""A damage box, then its car: x1 y1 x2 y2 score track (all -1 when it lies on no found car)."""
-NO_CAR = np.full(6, -1.0, dtype=np.float32)
+NO_CAR = np.full(DETECTION_COLUMNS - DAMAGE_COLUMNS, -1.0, dtype=np.float32)
+"""The car columns of a damage box that lies on no found car."""
 MOVED_IOU = 0.8
 """A tracked car whose box overlaps its last inspected box less than this has moved."""
 CAR_TRACKING = TrackerConfig(iou_threshold=0.3, min_hits=1, max_missed=5)
@@ -176,10 +173,10 @@ class CarGatedDetector:
             car = plan.cars[car_index]
             on_car = crop_to_frame(dets, window)
             if plan.whole_frame:  # a close-up: every box counts, named with the found car it lies on, if any
-                rows = np.concatenate([on_car[:, :DET_COLUMNS], _cars_under(on_car, _reported_cars(plan))], axis=1)
+                rows = np.concatenate([on_car[:, :DAMAGE_COLUMNS], _cars_under(on_car, _reported_cars(plan))], axis=1)
             else:
                 on_car = on_car[centres_inside(on_car, car)]
-                rows = np.concatenate([on_car[:, :DET_COLUMNS], np.repeat(car[None], len(on_car), 0)], axis=1)
+                rows = np.concatenate([on_car[:, :DAMAGE_COLUMNS], np.repeat(car[None], len(on_car), 0)], axis=1)
             if plan.tracks is not None:
                 InspectionScheduler.remember(plan.tracks[car_index], rows)
             found[frame_index].append(rows)
@@ -191,7 +188,7 @@ class CarGatedDetector:
         ]
 
     def _whole_frame(self, dets: np.ndarray) -> FrameResult:
-        rows = np.concatenate([dets[:, :DET_COLUMNS], np.tile(NO_CAR, (len(dets), 1))], axis=1)
+        rows = np.concatenate([dets[:, :DAMAGE_COLUMNS], np.tile(NO_CAR, (len(dets), 1))], axis=1)
         return FrameResult(rows.astype(np.float32), np.zeros((0, 6), np.float32), 1)
 
     def _chunked(self, run, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -220,10 +217,10 @@ def _reported_cars(plan: _Plan) -> np.ndarray:
 
 def _merge(parts: list[np.ndarray], iou_threshold: float) -> np.ndarray:
     """One frame's damage rows from overlapping crops: NMS keeps the best of duplicates."""
-    rows = np.concatenate(parts, axis=0) if parts else np.zeros((0, ROW_COLUMNS), np.float32)
+    rows = np.concatenate(parts, axis=0) if parts else np.zeros((0, DETECTION_COLUMNS), np.float32)
     if len(rows) > 1:
         rows = rows[nms_keep(rows, iou_threshold)]
-    return rows.astype(np.float32, copy=False).reshape(-1, ROW_COLUMNS)
+    return rows.astype(np.float32, copy=False).reshape(-1, DETECTION_COLUMNS)
 
 
 def build_detector(config: DetectorConfig, gate: CarGate | None = None, conf_threshold: float | None = None) -> CarGatedDetector:
