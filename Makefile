@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SW := $(BIN)/scratchwatch
 
-.PHONY: demo test setup setup-cpu setup-dev system-deps bench model model-v1 clean
+.PHONY: demo test setup setup-cpu setup-dev system-deps bench model model-v1 gpu-bundle clean
 
 # The lot-camera install: runtime only, no torch.
 setup: $(VENV)/.runtime
@@ -81,6 +81,22 @@ model: setup-dev
 
 MODEL_320 := runs/train/scratchwatch-yolov5n-320
 MODEL_480 := runs/train/scratchwatch-yolov5n-480
+# What export/gpu_train.sh needs on a lent GPU machine, in .gpu/ (git-ignored locally; each device
+# call carries at most 64 MiB with the working tree): the v2 data plus the photo gate's car crops,
+# as WebP; the v2 run's checkpoint to fine-tune; wheels for the machine's Python 3.12 (needs the
+# package index). Runs after `make model` (datasets/scratch-v2 and its run).
+PY312_WHEEL := --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+gpu-bundle: setup-dev
+	$(SW) dataset crops datasets/scratch-v2 --out datasets/scratch-v3
+	rm -rf runs/compact-v3 .gpu/data.tar && mkdir -p .gpu/whl .gpu/stub/polars
+	$(SW) dataset compact datasets/scratch-v3 --out runs/compact-v3 --max-side 720 --quality 74
+	tar -C runs/compact-v3 -cf .gpu/data.tar .
+	cp $(RUN_V2)/weights/best.pt .gpu/start.pt
+	$(BIN)/pip download -q $(PY312_WHEEL) -d .gpu/whl ultralytics==8.4.190 ultralytics-thop==2.2.3 \
+		pydantic==2.14.4 pydantic-core==2.50.5 annotated-types typing-inspection typing-extensions
+	printf 'def read_csv(*a, **k):\n    raise RuntimeError("polars is not installed here")\n' > .gpu/stub/polars/__init__.py
+
 model-v1: setup-dev
 	$(SW) dataset build
 	$(SW) train --epochs 60 --run-dir $(MODEL_320)

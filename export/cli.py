@@ -32,6 +32,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--tile", type=int, default=0, help="also cut train images into an N x N grid (0: off)")
     b.add_argument("--tile-overlap", type=float, default=0.2, help="tile overlap, fraction of a tile")
     b.set_defaults(func=_reported(_cmd_dataset_build))
+    r = dsub.add_parser("crops", help="a copy of a dataset plus the car crops the photo gate would show the damage model")
+    r.add_argument("src", type=Path, help="a dataset folder built by `dataset build`")
+    r.add_argument("--out", type=Path, required=True, help="the new dataset folder (src is linked, not changed)")
+    r.add_argument("--split", default="train", help="split whose photos get crops (never test: it scores the model)")
+    r.add_argument("--config", type=Path, help="config whose car stage and damage model choose the windows")
+    r.set_defaults(func=_reported(_cmd_dataset_crops))
+
+    m = dsub.add_parser("compact", help="a WebP copy of a dataset's train/val splits, small enough to carry to a lent GPU")
+    m.add_argument("src", type=Path)
+    m.add_argument("--out", type=Path, required=True)
+    m.add_argument("--max-side", type=int, default=960, help="longest side in pixels (training at 640 scales up to 1.5x)")
+    m.add_argument("--quality", type=int, default=78, help="WebP quality")
+    m.set_defaults(func=_reported(_cmd_dataset_compact))
+
     f = dsub.add_parser("frames", help="frames of a clean clip's time span as background images (hard negatives)")
     f.add_argument("clip", type=Path)
     f.add_argument("--out", type=Path, required=True, help="YOLO folder to write (images/, empty labels/)")
@@ -156,6 +170,28 @@ def _cmd_dataset_build(args: argparse.Namespace) -> int:
         f"({stats['removed']} copies removed, {len(result.problems)} bad samples skipped); "
         f"split {stats['photos_per_split']}; report: {args.out / 'report.md'}"
     )
+    return 0
+
+
+def _cmd_dataset_crops(args: argparse.Namespace) -> int:
+    from export.car_crops import add_car_crops
+    from pipeline.car_gate import build_detector
+    from pipeline.config import load_settings
+
+    gated = build_detector(load_settings(args.config).detector, gate="photo")
+    counts = add_car_crops(args.src, args.out, gated, args.split)
+    print(
+        f"wrote {args.out}: {counts['crops']} car crops ({counts['crop_boxes']} boxes) from {counts['photos_cropped']} "
+        f"of {counts['photos']} {args.split} photos; the other photos are looked at whole by the photo gate"
+    )
+    return 0
+
+
+def _cmd_dataset_compact(args: argparse.Namespace) -> int:
+    from export.car_crops import compact_copy
+
+    written = compact_copy(args.src, args.out, args.max_side, args.quality)
+    print(f"wrote {args.out}: {written['images']} WebP images, {written['bytes'] / 2**20:.1f} MiB")
     return 0
 
 

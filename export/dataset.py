@@ -328,7 +328,7 @@ def tile_grid(width: int, height: int, n: int, overlap: float) -> list[tuple[int
 # -------------------------------------------------------------------------------------- writing
 
 
-def _write_label(path: Path, boxes_xywhn: np.ndarray) -> None:
+def write_label(path: Path, boxes_xywhn: np.ndarray) -> None:
     path.write_text("".join(f"0 {xc:.6f} {yc:.6f} {w:.6f} {h:.6f}\n" for xc, yc, w, h in boxes_xywhn))
 
 
@@ -337,7 +337,7 @@ def write_sample(sample: Sample, out_dir: Path, split: str) -> list[str]:
     suffix = sample.path.suffix.lower()
     image_path = out_dir / "images" / split / f"{sample.out_stem}{suffix}"
     shutil.copyfile(sample.path, image_path)
-    _write_label(out_dir / "labels" / split / f"{sample.out_stem}.txt", sample.boxes)
+    write_label(out_dir / "labels" / split / f"{sample.out_stem}.txt", sample.boxes)
     return [image_path.name]
 
 
@@ -350,7 +350,7 @@ def write_tiles(sample: Sample, out_dir: Path, split: str, grid: int, overlap: f
         kept = tile_boxes(boxes, tile, min_visible=0.4, min_side=3.0)
         name = f"{sample.out_stem}__t{k}"
         cv2.imwrite(str(out_dir / "images" / split / f"{name}.jpg"), image[y0:y1, x0:x1])
-        _write_label(out_dir / "labels" / split / f"{name}.txt", xyxy_to_xywhn(kept, x1 - x0, y1 - y0))
+        write_label(out_dir / "labels" / split / f"{name}.txt", xyxy_to_xywhn(kept, x1 - x0, y1 - y0))
         names.append(f"{name}.jpg")
     return names
 

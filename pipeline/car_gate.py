@@ -130,6 +130,17 @@ class CarGatedDetector:
         crop_dets = self._chunked(self.damage.detect, [c for c, _ in crops])
         return self._assemble(plans, crops, owners, crop_dets)
 
+    def windows(self, frame: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """The frame windows (x1, y1, x2, y2) the damage model is shown for one photo, without the scheduler.
+
+        Training on these crops (``scratchwatch dataset crops``) shows the model its inputs as the gate will.
+        """
+        height, width = frame.shape[:2]
+        if self.gate == "off":
+            return [(0, 0, width, height)]
+        plan = self._plan(0, frame, self.cars.detect([frame])[0], None)
+        return [self._window(plan.cars[i], width, height) for i in plan.inspect]
+
     def _plan(self, index: int, frame: np.ndarray, cars: np.ndarray, headers: list[FrameHeader] | None) -> _Plan:
         height, width = frame.shape[:2]
         if self.gate == "photo" and self._close_up(cars, width * height):  # the whole photo is the car
