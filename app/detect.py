@@ -125,7 +125,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         return 1
     settings = load_settings(args.config)
     try:
-        detector = build_detector(settings.detector, "off" if args.no_car_gate else "photo", args.conf)
+        detector = build_detector(settings.detector, "off" if args.no_car_gate else "photo", args.conf, data_dir=settings.data_dir)
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"scratchwatch: {exc}", file=sys.stderr)
         return 1

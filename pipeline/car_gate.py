@@ -16,17 +16,22 @@ last inspection's damage boxes stand for it, so incidents stay continuous.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from pipeline.cars import CarDetector, centres_inside, crop_to_frame
 from pipeline.config import CarGate, DetectorConfig, TrackerConfig
-from pipeline.detector import Detector, nms_keep
+from pipeline.detector import Detector, model_variant, nms_keep
 from pipeline.geometry import box_iou, grow_window, margin_window
 from pipeline.messages import DAMAGE_COLUMNS, DETECTION_COLUMNS, FrameHeader
 from pipeline.tracker import CameraTracker, Track
 
+log = logging.getLogger(__name__)
+TENSORRT_CACHE = "tensorrt"
+"""TensorRT's engine and timing caches, under the data directory."""
 NO_CAR = np.full(DETECTION_COLUMNS - DAMAGE_COLUMNS, -1.0, dtype=np.float32)
 """The car columns of a damage box that lies on no found car."""
 MOVED_IOU = 0.8
@@ -234,14 +239,40 @@ def _merge(parts: list[np.ndarray], iou_threshold: float) -> np.ndarray:
     return rows.astype(np.float32, copy=False).reshape(-1, DETECTION_COLUMNS)
 
 
-def build_detector(config: DetectorConfig, gate: CarGate | None = None, conf_threshold: float | None = None) -> CarGatedDetector:
-    """The configured detection path; ``gate``/``conf_threshold`` override the config (``detect``, ``evaluate``)."""
+def build_detector(
+    config: DetectorConfig, gate: CarGate | None = None, conf_threshold: float | None = None, *, data_dir: Path | None = None,
+) -> CarGatedDetector:
+    """The configured detection path; ``gate``/``conf_threshold`` override the config (``detect``, ``evaluate``).
+
+    Both models are warmed up on every batch size the path sends them (1 to ``max_batch``) before
+    this returns, so the stage reports ready only once the first frames will not pay for it.
+    ``data_dir`` holds TensorRT's caches (``<data_dir>/tensorrt``); needed with provider tensorrt."""
     gate = gate or config.car_gate
     threshold = config.conf_threshold if conf_threshold is None else conf_threshold
-    damage = Detector(config.model, config.provider, threshold, config.iou_threshold, config.threads)
+    runtime = {
+        "workers": config.preprocess_workers, "io_binding": config.io_binding, "max_batch": config.max_batch,
+        "cache_dir": data_dir / TENSORRT_CACHE if data_dir is not None else None,
+    }
+    damage = Detector(model_file(config.model, config.precision), config.provider, threshold, config.iou_threshold, config.threads, **runtime)
     damage.head_layout()  # a model whose output fits no head fails now, naming the file, not on the first frame
-    cars = None if gate == "off" else CarDetector(config.cars, config.provider, config.threads)
+    cars = None
+    if gate != "off":
+        car_config = config.cars.model_copy(update={"model": model_file(config.cars.model, config.precision)})
+        cars = CarDetector(car_config, config.provider, config.threads, **runtime)
+    sizes = range(1, config.max_batch + 1)
+    for model in (damage, cars.detector if cars else None):
+        if model is not None:
+            log.info("detector %s warmed up on batch sizes 1-%d in %.2f s", model.name, config.max_batch, model.warm_up(sizes))
     return CarGatedDetector(
         damage, cars, gate, margin=config.cars.margin, max_batch=config.max_batch, inspect_every_s=config.cars.inspect_every_s,
         photo_whole_share=config.cars.photo_whole_share, max_zoom=config.cars.max_zoom,
     )
+
+
+def model_file(path: Path, precision: str) -> Path:
+    """The file the configured precision runs; a missing fp16 copy is a clear error naming the command."""
+    variant = model_variant(path, precision)
+    if variant != path and not variant.is_file():
+        raise FileNotFoundError(f"detector model {variant} not found: detector.precision is fp16; "
+                                f"write it with `scratchwatch fp16 {path}`")
+    return variant

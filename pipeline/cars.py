@@ -10,10 +10,12 @@ without objectness).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from pipeline.config import CarStageConfig
-from pipeline.detector import Detector, ModelMismatchError, candidates, nms
+from pipeline.detector import Detector, ModelMismatchError, decode_batch
 
 VEHICLE_CLASSES = ("car", "truck", "bus", "motorcycle")
 NOT_VEHICLES = ("person",)
@@ -28,9 +30,10 @@ class CarModelError(ValueError):
 class CarDetector:
     """A vehicle detector on ONNX Runtime that returns (K, 5) car boxes per frame."""
 
-    def __init__(self, config: CarStageConfig, provider: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, config: CarStageConfig, provider: str = "auto", threads: int | None = None, **runtime: Any) -> None:
+        """``runtime``: the GPU path's keyword options of :class:`Detector` (workers, io_binding, max_batch, cache_dir)."""
         self.config = config
-        self.detector = Detector(config.model, provider, config.conf_threshold, config.iou_threshold, threads)
+        self.detector = Detector(config.model, provider, config.conf_threshold, config.iou_threshold, threads, **runtime)
         names = self.detector.names
         self.vehicle_ids = np.array([i for i, name in names.items() if name in VEHICLE_CLASSES], dtype=np.int64)
         self.excluded_ids = np.array([i for i, name in names.items() if name in NOT_VEHICLES], dtype=np.int64)
@@ -53,12 +56,9 @@ class CarDetector:
             return []
         batch, letterboxes = self.detector.preprocess(frames)
         raw = self.detector.run(batch)
-        out = []
-        for box, image_raw in zip(letterboxes, raw):
-            rows = self.score_rows(image_raw)
-            dets = nms(candidates(rows, self.config.conf_threshold), self.config.iou_threshold)
-            out.append(self._size_prior(box.to_frame(dets)[:, :CAR_COLUMNS], box.width, box.height))
-        return out
+        rows = np.stack([self.score_rows(image_raw) for image_raw in raw])
+        found = decode_batch(rows, self.config.conf_threshold, self.config.iou_threshold)
+        return [self._size_prior(box.to_frame(dets)[:, :CAR_COLUMNS], box.width, box.height) for box, dets in zip(letterboxes, found)]
 
     def score_rows(self, raw: np.ndarray) -> np.ndarray:
         """One image's raw output -> (N, 5) rows of cx cy w h car-score."""

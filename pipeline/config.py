@@ -229,10 +229,30 @@ class DetectorConfig(_Section):
         title="ONNX model",
         description="Path of the exported detector; relative paths resolve against the config file's folder.",
     )
-    provider: Literal["auto", "cpu", "cuda"] = Field(
+    provider: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
         default="auto",
         title="Execution provider",
-        description="auto: TensorRT/CUDA when the session really gets it, else CPU. cpu, cuda: explicit.",
+        description="auto: CUDA when the session really gets it, else CPU (the log names the one in use). cpu, cuda: explicit "
+        "(cuda fails at start without a GPU). tensorrt: only when set here; engines and the timing cache are kept in "
+        "<data_dir>/tensorrt, one profile for batch 1 to max_batch, so only the first start builds them (minutes).",
+    )
+    precision: Literal["fp32", "fp16"] = Field(
+        default="fp32",
+        title="Model precision",
+        description="fp16: run the half-precision copy of each model, MODEL-fp16.onnx next to it (`scratchwatch fp16 MODEL` "
+        "writes it; inputs and outputs stay float32). For GPUs; on CPUs it is slower than fp32.",
+    )
+    io_binding: bool = Field(
+        default=True,
+        title="I/O binding",
+        description="On CUDA/TensorRT, copy each batch to a device buffer once through ONNX Runtime's I/O binding. "
+        "Ignored on the CPU.",
+    )
+    preprocess_workers: int | None = Field(
+        default=None,
+        ge=1,
+        title="Letterbox threads",
+        description="Threads that resize and pad the frames of a batch in parallel; null: min(4, cores).",
     )
     conf_threshold: float | None = Field(
         default=None,

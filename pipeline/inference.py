@@ -19,6 +19,7 @@ from typing import Any
 import zmq
 
 from pipeline.car_gate import CarGatedDetector, build_detector
+from pipeline.detector import is_device_failure
 from pipeline.logs import RateLimitedLog
 from pipeline.messages import EosHeader, Frame, Message, StopHeader, encode_control, encode_detections
 from pipeline.stage import Histogram, StageContext, run_stage
@@ -34,7 +35,8 @@ memory), not unlucky: the stage fails loudly instead of skipping every frame for
 
 
 class DetectorFailedError(RuntimeError):
-    """The detector failed MAX_FAILURES_IN_A_ROW frames in a row; the message has the last error."""
+    """The detector failed MAX_FAILURES_IN_A_ROW frames in a row, or the GPU failed (a CUDA error, out
+    of memory: at once, no retry); the message has the error."""
 
 
 def newest_live_only(messages: list[Message]) -> tuple[list[Message], int]:
@@ -139,6 +141,13 @@ class InferenceStage:
         try:
             results = self.detector.detect([frame.image for frame in batch], [frame.header for frame in batch])
         except Exception as exc:
+            if is_device_failure(exc):  # the device, not a frame: retrying frame by frame only hides it
+                self.errors += len(batch)
+                raise DetectorFailedError(
+                    f"the GPU failed on a batch of {len(batch)} frame(s), first camera {batch[0].header.camera} frame "
+                    f"{batch[0].header.seq}: {exc!r}; the stage stops so it is restarted (check the device, its memory "
+                    f"and detector.max_batch)"
+                ) from exc
             if len(batch) == 1 or self.failures_in_a_row:  # after a failure, no retry storm
                 for frame in batch:
                     self._bad_frame(frame, exc)
@@ -211,7 +220,7 @@ def inference_main(settings: Any, endpoints: Endpoints, parent_pid: int) -> None
 
 def _serve(stage: StageContext) -> dict[str, Any]:
     config, hwm = stage.settings.detector, stage.settings.transport.hwm
-    detector = build_detector(config)
+    detector = build_detector(config, data_dir=stage.settings.data_dir)  # warmed up on every batch size: then ready
     damage = detector.damage
     frames_in = pull_socket(stage.ctx, stage.endpoints.frames, hwm, curve=stage.endpoints.curve)
     detections_out = push_socket(stage.ctx, stage.endpoints.detections, hwm, curve=stage.endpoints.curve)

@@ -33,6 +33,7 @@ def check_run(settings: Settings, *, cameras: bool = True) -> None:
     """Everything `run` and `replay` need: data directory, model, database URL, file cameras."""
     check_data_dir(settings.data_dir)
     check_model(settings.detector.model)
+    check_precision(settings)
     check_database_url(settings.database_url)
     if cameras:
         check_cameras(settings)
@@ -66,6 +67,19 @@ def check_model(path: Path) -> None:
     if first != bytes([_ONNX_FIRST_BYTE]):
         raise BadInput(f"detector model {path}: not an ONNX model — export one with `scratchwatch export` "
                        "or point detector.model at the shipped models/*.onnx")
+
+
+def check_precision(settings: Settings) -> None:
+    """detector.precision fp16 runs each model's -fp16 copy: a missing one is named with the command that writes it."""
+    from pipeline.detector import model_variant
+
+    detector = settings.detector
+    models = [detector.model] + ([detector.cars.model] if detector.car_gate != "off" else [])
+    for model in models:
+        variant = model_variant(model, detector.precision)
+        if not variant.is_file():
+            raise BadInput(f"detector model {variant}: not found — detector.precision is {detector.precision}: "
+                           f"write it with `scratchwatch fp16 {model}` or set detector.precision: fp32")
 
 
 def check_database_url(url: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.detector import Detector, candidates, letterbox_into, nms, to_rows
+from pipeline.detector import Detector, decode_batch, letterbox_into, nms_keep, to_rows
 from tests.pipeline.synthetic import Mark, scene
 
 MARK = Mark(0, 1, (200, 100, 30, 10))
@@ -78,7 +78,7 @@ def test_layouts_decode_to_the_same_rows() -> None:
     for raw in (ultra, classic):
         rows = to_rows(raw, num_classes=2)
         assert rows.shape == (1, n, 6)
-        dets = candidates(rows[0], 0.25)
+        [dets] = decode_batch(rows, 0.25, 0.45)
         np.testing.assert_allclose(dets, [[40, 55, 60, 65, 0.8, 1]], rtol=1e-6)
 
 
@@ -86,7 +86,7 @@ def test_nms_is_per_class_and_keeps_the_best() -> None:
     dets = np.array(
         [[0, 0, 10, 10, 0.9, 0], [1, 1, 11, 11, 0.8, 0], [1, 1, 11, 11, 0.7, 1], [50, 50, 60, 60, 0.6, 0]], np.float32
     )
-    kept = nms(dets, 0.45)
+    kept = dets[nms_keep(dets, 0.45)]
     assert kept[:, 4].tolist() == pytest.approx([0.9, 0.7, 0.6])
 
 
