@@ -113,6 +113,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="node-name prefixes left in float, e.g. /model.8/ /model.9/ (the layers int8 hurts most)")
     q.set_defaults(func=_reported(_cmd_quantize))
 
+    h = subparsers.add_parser("fp16", help="half-precision copy of an ONNX model for GPUs (float32 inputs and outputs kept)")
+    h.add_argument("model", type=Path, help="the fp32 ONNX model (e.g. the shipped damage or car model)")
+    h.add_argument("--out", type=Path, help="default: MODEL-fp16.onnx next to MODEL (what detector.precision: fp16 runs)")
+    h.set_defaults(func=_reported(_cmd_fp16))
+
     v = subparsers.add_parser("evaluate", help="score an ONNX model through the pipeline's detector code")
     v.add_argument("model", type=Path)
     v.add_argument("data", type=Path, help="a dataset folder built by `scratchwatch dataset build`")
@@ -132,12 +137,13 @@ def _reported(command):
     ends the command with its one-line message, which names the file, instead of a traceback."""
     def run(args: argparse.Namespace) -> int:
         from export.dataset import DatasetError
+        from export.fp16 import Fp16Error
         from export.quantize import QuantizeError
         from export.weights import WeightsError
 
         try:
             return command(args)
-        except (DatasetError, WeightsError, QuantizeError, FileNotFoundError) as exc:
+        except (DatasetError, WeightsError, QuantizeError, Fp16Error, FileNotFoundError) as exc:
             print(f"scratchwatch {args.command}: {exc}", file=sys.stderr)
             return 1
 
@@ -265,6 +271,16 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     print(f"wrote {out}: {recipe['format']}, {'per-channel' if recipe['per_channel'] else 'per-tensor'} int8 weights, "
           f"calibrated ({recipe['calibration']}) on {recipe['calibration_images']} images of {recipe['calibration_data']}; "
           f"use it with detector.model: {out}")
+    return 0
+
+
+def _cmd_fp16(args: argparse.Namespace) -> int:
+    from export.fp16 import convert_fp16
+
+    recipe = convert_fp16(args.model, args.out)
+    print(f"wrote {recipe['out']}: float16 weights and activations, float32 input and output; raw output vs {args.model} "
+          f"on the CPU: boxes within {recipe['max_box_diff_px']:.3g} px, scores within {recipe['max_score_diff']:.3g}; "
+          f"use it with detector.precision: fp16 (for GPUs)")
     return 0
 
 
