@@ -244,6 +244,11 @@ class DeviceBinding:
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
+    def rerun(self, shape: tuple[int, ...]) -> None:
+        """Run again on the batch already on the device, output left there: the device's time alone
+        (``bench/bench_gpu.py``); ``run`` must have bound this shape first."""
+        self.session.run_with_iobinding(self._bound[tuple(shape)][1])
+
 
 def letterbox_into(frame: np.ndarray, out: np.ndarray) -> Letterbox:
     """Resize ``frame`` keeping its aspect, pad with grey, write CHW RGB / 255 into ``out``.
