@@ -159,8 +159,8 @@ def quantize_model(
                "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}
     if method not in methods:
         raise QuantizeError(f"unknown calibration method {method!r}: use one of {', '.join(methods)}")
+    paths = calibration_images(data, split, limit)  # bad data is named before the model is loaded (and logged)
     source = Detector(model, provider="cpu")  # also: the model exists and ONNX Runtime loads it
-    paths = calibration_images(data, split, limit)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
