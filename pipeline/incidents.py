@@ -42,6 +42,8 @@ class IncidentsStage:
         self.snapshot_errors = 0
         self.snapshots_skipped = 0
         self.errors = 0
+        self.received = 0
+        """Detections messages taken off the socket (what the end's acknowledgement reports)."""
         self.first_frame_ns: int | None = None
         self.last_frame_ns: int | None = None
         self.latency = LatencyLog()
@@ -50,11 +52,14 @@ class IncidentsStage:
     def handle(self, message: Message) -> bool:
         """One message; True on STOP (every incident closed, nothing more will come)."""
         if isinstance(message, Detections):
+            self.received += 1
             self._detections(message)
         elif isinstance(message, EosHeader):
             self._close(self.trackers.pop(message.camera, None))
             self.progress(force=True)
         elif isinstance(message, StopHeader):
+            if message.detections is not None and self.received < message.detections:
+                log.warning("incidents: received %d of the %d detections inference sent", self.received, message.detections)
             for camera in list(self.trackers):
                 self._close(self.trackers.pop(camera))
             return True
@@ -222,7 +227,8 @@ def _serve(stage: StageContext) -> dict[str, Any]:
         while True:
             message = receiver.recv(POLL_MS)
             if message is not None and handle_safely(worker, message, bad):
-                stage.events.emit("stopping", final=True)  # the supervisor's proof that STOP arrived
+                # the acknowledgement the supervisor relays to inference: only then does inference close its socket
+                stage.events.emit("stopping", final=True, detections=worker.received)
                 break
             if message is None and not stage.parent_alive():
                 log.warning("incidents: supervisor gone; closing open incidents and exiting")
@@ -243,4 +249,4 @@ def handle_safely(worker: IncidentsStage, message: Message, bad: RateLimitedLog)
     except Exception as exc:
         worker.errors += 1
         bad.warning("handle", "incidents: message skipped (%s): %s", type(message).__name__, exc)
-        return False
+        return isinstance(message, StopHeader)  # a STOP that failed to close a track still ends the stage

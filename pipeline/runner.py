@@ -26,7 +26,7 @@ from pipeline.config import Settings
 from pipeline.incidents import incidents_main
 from pipeline.inference import inference_main
 from pipeline.messages import EventHeader, StopHeader, encode_control
-from pipeline.transport import LINGER_MS, Endpoints, Receiver, close_context, make_endpoints, pull_socket, push_socket, send
+from pipeline.transport import Endpoints, Receiver, close_context, make_endpoints, pull_socket, push_socket, send
 
 log = logging.getLogger(__name__)
 STAGES = {"incidents": incidents_main, "inference": inference_main}
@@ -34,12 +34,9 @@ STAGES = {"incidents": incidents_main, "inference": inference_main}
 READY_TIMEOUT_S = 120.0
 STOP_GRACE_S = 30.0
 """Beyond the database flush timeout, how long the stages get to drain after STOP."""
-STOP_ACK_S = 5.0
-"""How long after inference finished *and exited* the incidents stage may take to confirm its STOP.
-Before, the resend did not wait for inference to exit and overtook its last detections under load."""
-EXIT_GRACE_S = LINGER_MS / 1000 + 5.0
-"""How long a stage that reported `done` gets to exit before it is killed: longer than the linger
-in which inference delivers its last detections to a slow incidents stage."""
+EXIT_GRACE_S = 10.0
+"""How long a stage that reported `done` gets to exit before it is killed. Nothing is in flight by
+then: inference reports done only after incidents acknowledged the end of the detections stream."""
 POLL_MS = 100
 _run_counter = 0
 
@@ -163,9 +160,8 @@ class Supervisor:
         self._ready: set[str] = set()
         self._done: set[str] = set()
         self._last_beat: dict[str, float] = {}
-        self._done_at: dict[str, float] = {}
-        self._stopping: set[str] = set()
-        self._stop_resent = False
+        self._control: zmq.Socket | None = None
+        """supervisor -> inference: STOP, and incidents' acknowledgement of the end of the detections stream."""
         self._processes: dict[str, multiprocessing.process.BaseProcess] = {}
         self._captures: list[CaptureThread] = []
         self._capture_stop = threading.Event()
@@ -177,6 +173,7 @@ class Supervisor:
         ctx = zmq.Context()
         events = Receiver(pull_socket(ctx, self.endpoints.events, 1000), self.settings.logging.rate_limit_s, "supervisor")
         self._started = time.monotonic()
+        self._control = push_socket(ctx, self.endpoints.control, 10)
         try:
             self._start_stages(events)
             self._start_captures(ctx)
@@ -260,9 +257,7 @@ class Supervisor:
         if any(name not in self._processes or not self._processes[name].is_alive() for name in STAGES):
             self._rescue_incidents(ctx, events)
             return
-        control = push_socket(ctx, self.endpoints.control, 1)
-        send(control, encode_control(StopHeader(sources=ended)))
-        control.close()
+        send(self._control, encode_control(StopHeader(sources=ended)))
         deadline = time.monotonic() + self.settings.database.flush_timeout_s + STOP_GRACE_S
         while self._done != set(STAGES) and time.monotonic() < deadline:
             self._poll(events)
@@ -271,28 +266,10 @@ class Supervisor:
             if any(not p.is_alive() and p.exitcode not in (0, None) for p in self._processes.values()):
                 self._poll(events)  # collect the error event
                 break
-            self._check_stop_reached_incidents(ctx)
         for name, process in self._processes.items():
             # a stage that reported `done` has nothing left to lose: it gets a short grace to exit
             grace = EXIT_GRACE_S if name in self._done else STOP_GRACE_S
             process.join(max(0.0, min(grace, deadline - time.monotonic())))
-
-    def _check_stop_reached_incidents(self, ctx: zmq.Context) -> None:
-        """Inference is done but incidents never confirmed the STOP it forwarded: send it directly.
-
-        Incidents acknowledges STOP with a `stopping` event; without it, the STOP was lost on its
-        way (the stage keeps every record in the spool either way, but would wait to be killed).
-        """
-        since = self._done_at.get("inference")
-        if since is None or "incidents" in self._stopping or "incidents" in self._done or self._stop_resent:
-            return
-        inference = self._processes.get("inference")
-        if inference is not None and inference.is_alive():
-            return  # still delivering its last detections (it exits once they are taken): a STOP sent now would overtake them
-        if time.monotonic() - since > STOP_ACK_S:
-            log.warning("incidents did not confirm the STOP within %.0f s; sending it directly", STOP_ACK_S)
-            self._stop_resent = True
-            self._stop_incidents_directly(ctx)
 
     def _stop_incidents_directly(self, ctx: zmq.Context) -> None:
         control = push_socket(ctx, self.endpoints.detections, 1, curve=self.endpoints.curve)
@@ -332,11 +309,10 @@ class Supervisor:
             self.stages.setdefault(event.stage, {}).update(event.data)
             if event.stage == "incidents":
                 self._on_counts(event.data)
-        elif event.event == "stopping":
-            self._stopping.add(event.stage)
+        elif event.event == "stopping" and event.stage == "incidents":
+            self._relay_end_acknowledgement(event)
         elif event.event == "done":
             self._done.add(event.stage)
-            self._done_at[event.stage] = time.monotonic()
             self.stages.setdefault(event.stage, {}).update(event.data)
             if event.stage == "incidents":
                 self._on_counts(event.data)
@@ -344,6 +320,11 @@ class Supervisor:
             self._done.add(event.stage)
             self.stages.setdefault(event.stage, {})["error"] = event.data.get("message", "unknown error")
             log.error("%s stage failed: %s", event.stage, self.stages[event.stage]["error"])
+
+    def _relay_end_acknowledgement(self, event: EventHeader) -> None:
+        """Incidents took the STOP (after every detection before it): tell inference, which may now close."""
+        if self._control is not None and not send(self._control, encode_control(event), block=False):
+            log.warning("could not relay the incidents stage's acknowledgement of the STOP to inference")
 
     def _on_counts(self, data: dict[str, Any]) -> None:
         """The incidents stage sees every analysed frame: its counters are the pipeline's."""
