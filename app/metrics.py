@@ -109,6 +109,10 @@ class MetricsExporter(Observer):
         last = GaugeMetricFamily("scratchwatch_stage_last_heartbeat_timestamp_seconds", "Time of the stage's last event", labels=["stage"])
         malformed = CounterMetricFamily("scratchwatch_messages_malformed", "Malformed messages skipped", labels=["stage"])
         refused = CounterMetricFamily("scratchwatch_peers_refused", "CurveZMQ handshakes refused", labels=["stage"])
+        restarts = CounterMetricFamily("scratchwatch_stage_restarts", "Times the supervisor restarted the stage after it died, "
+                                       "failed or stalled", labels=["stage"])
+        for stage, count in sorted(getattr(self.supervisor, "restarts", {}).items()):
+            restarts.add_metric([stage], count)
         for stage, at in sorted(self.last_event.items()):
             last.add_metric([stage], at)
         for stage, data in sorted(self.stage_counters.items()):
@@ -116,7 +120,7 @@ class MetricsExporter(Observer):
                 malformed.add_metric([stage], data["malformed"])
             if isinstance(data.get("refused"), int):
                 refused.add_metric([stage], data["refused"])
-        yield from (last, malformed, refused)
+        yield from (last, malformed, refused, restarts)
 
     def _inference(self) -> Iterator[Metric]:
         data = self.stage_counters.get("inference", {})

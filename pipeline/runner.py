@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 import zmq
 
+from pipeline.backoff import Backoff
 from pipeline.capture import EOS_TIMEOUT_MS, CaptureThread, SourceSpec
 from pipeline.config import Settings
 from pipeline.incidents import incidents_main
@@ -145,7 +147,8 @@ class Supervisor:
     """Owns one pipeline run: stage processes, capture threads and the events channel."""
 
     def __init__(
-        self, settings: Settings, specs: list[SourceSpec], stop: threading.Event | None = None, observers: Sequence[Observer] = ()
+        self, settings: Settings, specs: list[SourceSpec], stop: threading.Event | None = None, observers: Sequence[Observer] = (),
+        *, restart: bool = False,
     ) -> None:
         global _run_counter
         _run_counter += 1
@@ -167,6 +170,13 @@ class Supervisor:
         self._capture_stop = threading.Event()
         self._started = 0.0
         self.observers = tuple(observers)
+        self.restart = restart
+        """Live runs restart a failed stage (bounded, with backoff); replays fail loudly instead."""
+        self.restarts: Counter[str] = Counter()
+        """Stage restarts so far, by stage (the metrics endpoint reads them)."""
+        self._restart_times: dict[str, deque[float]] = {name: deque() for name in STAGES}
+        self._restart_due: dict[str, float] = {}
+        self._spawned_at: dict[str, float] = {}
 
     def run(self, on_progress: ProgressCallback | None = None) -> ReplayReport:
         """Start, analyse until the sources end or ``stop`` is set, drain, and report."""
@@ -205,14 +215,26 @@ class Supervisor:
     def stage_pids(self) -> dict[str, int | None]:
         return {name: process.pid for name, process in self._processes.items()}
 
+    @property
+    def restarting(self) -> set[str]:
+        """Stages the supervisor is restarting (waiting out the backoff, or not ready yet): the
+        systemd watchdog does not count their silence as a stall, the crash-loop bound covers them."""
+        return set(self._restart_due) | {name for name in self._spawned_at if name not in self._ready}
+
     def _start_stages(self, events: Receiver) -> None:
-        spawn = multiprocessing.get_context("spawn")
-        for name, target in STAGES.items():
-            process = spawn.Process(
-                target=target, args=(self.settings, self.endpoints, os.getpid()), name=f"scratchwatch-{name}"
-            )
-            process.start()
-            self._processes[name] = process
+        for name in STAGES:
+            self._spawn(name)
+        self._wait_ready(events)
+
+    def _spawn(self, name: str) -> None:
+        process = multiprocessing.get_context("spawn").Process(
+            target=STAGES[name], args=(self.settings, self.endpoints, os.getpid()), name=f"scratchwatch-{name}"
+        )
+        process.start()
+        self._processes[name] = process
+        self._spawned_at[name] = time.monotonic()
+
+    def _wait_ready(self, events: Receiver) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while self._ready != set(STAGES):
             if time.monotonic() > deadline:
@@ -234,8 +256,7 @@ class Supervisor:
         """Until every source ended or a stop is requested; a dead stage is an error."""
         while not self.stop.is_set() and not all(c.stats.finished for c in self._captures):
             self._poll(events)
-            self._check_alive()
-            self._check_heartbeats()
+            self._supervise()
             self._collect_capture_stats()
             self._observe("on_tick", self)
             if on_progress:
@@ -254,6 +275,11 @@ class Supervisor:
             self._poll(events)  # the EOS acknowledgements the capture threads wait for
         self._collect_capture_stats()
         ended = tuple(c.spec.camera for c in self._captures if c.stats.finished)
+        if self._restart_due:  # a stage waiting out its restart delay: start it now, so it drains and closes cleanly
+            for name in list(self._restart_due):
+                self._spawn(name)
+            self._restart_due.clear()
+            self._wait_ready(events)
         if any(name not in self._processes or not self._processes[name].is_alive() for name in STAGES):
             self._rescue_incidents(ctx, events)
             return
@@ -344,23 +370,74 @@ class Supervisor:
             result.sent = thread.stats.sent
             result.error = thread.stats.error
 
-    def _check_alive(self) -> None:
-        """Stage supervision is a later issue: for now a dead stage ends the run with its reason."""
-        for name, process in self._processes.items():
-            if not process.is_alive() and name not in self._done:
-                reason = self.stages.get(name, {}).get("error") or f"exit code {process.exitcode}"
-                raise PipelineError(f"{name} stage stopped unexpectedly: {reason}")
-            if name in self.stages and "error" in self.stages[name]:
-                raise PipelineError(f"{name} stage failed: {self.stages[name]['error']}")
-
-    def _check_heartbeats(self) -> None:
-        """A stage that stopped reporting (wedged in a driver call, stopped, deadlocked) fails the run."""
-        limit = self.settings.transport.stall_timeout_s
+    def _supervise(self) -> None:
+        """A stage that died, failed or stalled: a replay fails with its reason, a live run restarts it."""
         now = time.monotonic()
-        for name, last in self._last_beat.items():
-            if name in self._ready and name not in self._done and now - last > limit:
-                raise PipelineError(f"{name} stage stalled: no heartbeat for {now - last:.0f} s "
-                                    f"(transport.stall_timeout_s is {limit:g})")
+        for name in STAGES:
+            if name in self._restart_due:
+                if now >= self._restart_due[name]:
+                    del self._restart_due[name]
+                    self._spawn(name)
+                continue
+            try:
+                self._check_alive(name)
+                self._check_heartbeat(name, now)
+            except PipelineError as failure:
+                if not self.restart:
+                    raise
+                self._schedule_restart(name, str(failure), now)
+
+    def _check_alive(self, name: str | None = None) -> None:
+        """A dead or failed stage (or one that never got ready) raises PipelineError with its reason."""
+        for stage in [name] if name else list(self._processes):
+            process = self._processes[stage]
+            if not process.is_alive() and stage not in self._done:
+                reason = self.stages.get(stage, {}).get("error") or f"exit code {process.exitcode}"
+                raise PipelineError(f"{stage} stage stopped unexpectedly: {reason}")
+            if stage in self.stages and "error" in self.stages[stage]:
+                raise PipelineError(f"{stage} stage failed: {self.stages[stage]['error']}")
+            if stage in self._done and not self.stop.is_set():
+                raise PipelineError(f"{stage} stage ended while its sources still run")
+            if stage not in self._ready and time.monotonic() - self._spawned_at.get(stage, time.monotonic()) > READY_TIMEOUT_S:
+                raise PipelineError(f"{stage} stage not ready after {READY_TIMEOUT_S:.0f}s")
+
+    def _check_heartbeat(self, name: str, now: float) -> None:
+        """A stage that stopped reporting (wedged in a driver call, stopped, deadlocked) has failed."""
+        limit = self.settings.transport.stall_timeout_s
+        last = self._last_beat.get(name)
+        if last is not None and name in self._ready and name not in self._done and now - last > limit:
+            raise PipelineError(f"{name} stage stalled: no heartbeat for {now - last:.0f} s "
+                                f"(transport.stall_timeout_s is {limit:g})")
+
+    def _schedule_restart(self, name: str, reason: str, now: float) -> None:
+        """Kill what is left of the stage and start it again after a backoff; a crash loop fails the run.
+
+        Records the stage had accepted are in the spool: the next incidents process adopts them (and
+        closes the incidents it left open), so a restart loses at most the frames in flight.
+        """
+        policy = self.settings.supervisor
+        recent = self._restart_times[name]
+        while recent and now - recent[0] > policy.restart_window_s:
+            recent.popleft()
+        if len(recent) >= policy.max_restarts:
+            raise PipelineError(f"{reason}; not restarting it again: {len(recent)} restart(s) within "
+                                f"{policy.restart_window_s:g} s (supervisor.max_restarts is {policy.max_restarts})")
+        process = self._processes[name]
+        if process.is_alive():  # stalled: alive but silent (SIGSTOP, a wedged driver call)
+            process.kill()
+        process.join(5)
+        recent.append(now)
+        backoff = Backoff(policy.restart_initial_s, policy.restart_max_s, 0.0)
+        backoff.attempt = len(recent) - 1
+        delay = backoff.next()
+        self.restarts[name] += 1
+        self._restart_due[name] = now + delay
+        for state in (self._ready, self._done):
+            state.discard(name)
+        self._last_beat.pop(name, None)
+        self.stages.setdefault(name, {}).pop("error", None)
+        log.error("%s; restarting it in %.1f s (restart %d, %d within %g s)", reason, delay, self.restarts[name],
+                  len(recent), policy.restart_window_s)
 
     def _kill_leftovers(self) -> None:
         for thread in self._captures:
@@ -416,8 +493,9 @@ def replay_files(
 
 
 def run_cameras(settings: Settings, stop: threading.Event | None = None, observers: Sequence[Observer] = ()) -> ReplayReport:
-    """Analyse the configured cameras until ``stop`` is set or every (file) camera ended."""
+    """Analyse the configured cameras until ``stop`` is set or every (file) camera ended; failed
+    stages are restarted (``supervisor`` config), a crash loop ends the run with PipelineError."""
     specs = camera_specs(settings)
     if not specs:
         raise PipelineError("no enabled camera in the config: add one under `cameras`")
-    return Supervisor(settings, specs, stop, observers).run()
+    return Supervisor(settings, specs, stop, observers, restart=settings.supervisor.restart).run()

@@ -141,6 +141,7 @@ def test_a_detector_failing_every_frame_fails_the_replay_within_a_few_frames(mak
     assert proc.returncode == 1, (out, err)
     assert f"failed on {MAX_FAILURES_IN_A_ROW} frames in a row" in err
     assert err.count("frame") < 40, "no per-frame retry storm in the log"
+    assert "restarting" not in err, "a replay never restarts a stage (it would double-count): it fails"
     assert "ok" not in out.split()
 
 
