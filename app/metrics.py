@@ -75,13 +75,17 @@ class MetricsExporter(Observer):
             "in": CounterMetricFamily("scratchwatch_frames_captured", "Frames read from the camera for analysis", labels=["camera"]),
             "dropped": CounterMetricFamily("scratchwatch_frames_dropped", "Live frames dropped because inference was busy", labels=["camera"]),
             "analysed": CounterMetricFamily("scratchwatch_frames_analysed", "Frames that went through the detector", labels=["camera"]),
+            "undelivered": CounterMetricFamily("scratchwatch_detections_dropped", "Live frames analysed whose detections the "
+                                               "incidents stage did not take within transport.live_send_timeout_s", labels=["camera"]),
             "reconnects": CounterMetricFamily("scratchwatch_camera_reconnects", "Times a live stream was lost", labels=["camera"]),
             "incidents": CounterMetricFamily("scratchwatch_incidents_opened", "Incidents opened", labels=["camera"]),
             "up": GaugeMetricFamily("scratchwatch_camera_up", "1 while the camera delivers frames", labels=["camera"]),
             "last": GaugeMetricFamily("scratchwatch_camera_last_frame_timestamp_seconds", "UTC time of the last frame", labels=["camera"]),
         }
+        undelivered = self.stage_counters.get("inference", {}).get("undelivered", {})
         for thread in self.supervisor.captures if self.supervisor else []:
             camera, stats = [thread.spec.camera], thread.stats
+            families["undelivered"].add_metric(camera, undelivered.get(thread.spec.camera, 0) if isinstance(undelivered, dict) else 0)
             result = self.supervisor.results.get(thread.spec.camera)
             families["in"].add_metric(camera, stats.sent + stats.dropped)
             families["dropped"].add_metric(camera, stats.dropped)
@@ -102,8 +106,11 @@ class MetricsExporter(Observer):
             return 0
         sent = sum(thread.stats.sent for thread in self.supervisor.captures)
         analysed = sum(result.frames for result in self.supervisor.results.values())
-        dropped = self.stage_counters.get("inference", {}).get("dropped_live", 0)
-        return max(0, sent - analysed - (dropped if isinstance(dropped, int) else 0))
+        inference = self.stage_counters.get("inference", {})
+        dropped = inference.get("dropped_live", 0)
+        undelivered = inference.get("undelivered", {})
+        dropped = (dropped if isinstance(dropped, int) else 0) + (sum(undelivered.values()) if isinstance(undelivered, dict) else 0)
+        return max(0, sent - analysed - dropped)
 
     def _stages(self) -> Iterator[Metric]:
         last = GaugeMetricFamily("scratchwatch_stage_last_heartbeat_timestamp_seconds", "Time of the stage's last event", labels=["stage"])

@@ -22,6 +22,7 @@ CAMERA_COLUMNS = {
     "scratchwatch_frames_captured_total": "captured",
     "scratchwatch_frames_analysed_total": "analysed",
     "scratchwatch_frames_dropped_total": "dropped",
+    "scratchwatch_detections_dropped_total": "undelivered",
     "scratchwatch_camera_reconnects_total": "reconnects",
     "scratchwatch_incidents_opened_total": "incidents",
 }
@@ -55,14 +56,16 @@ def read_status(config: MetricsConfig, timeout_s: float = 5.0) -> dict[str, Any]
 
 def format_status(status: dict[str, Any], now: float | None = None) -> str:
     now = time.time() if now is None else now
-    rows = [("camera", "state", "last frame", "captured", "analysed", "dropped", "reconnects", "incidents")]
+    counts = ("captured", "analysed", "dropped", "undelivered", "reconnects", "incidents")
+    rows = [("camera", "state", "last frame", *counts)]
     for camera, values in sorted(status["cameras"].items()):
         rows.append((camera, "up" if values.get("up") else "DOWN", _age(values.get("last_frame"), now),
-                     *(str(int(values.get(key, 0))) for key in ("captured", "analysed", "dropped", "reconnects", "incidents"))))
-    rows.append(("", "", "", "", "", "", "", ""))
-    rows.append(("stage", "last heartbeat", "restarts", "", "", "", "", ""))
+                     *(str(int(values.get(key, 0))) for key in counts)))
+    blank = ("",) * (len(counts) - 1)
+    rows.append(("", "", "", "", *blank))
+    rows.append(("stage", "last heartbeat", "restarts", "", *blank))
     restarts = status.get("restarts", {})
-    rows += [(stage, _age(at, now), str(int(restarts.get(stage, 0))), "", "", "", "", "") for stage, at in sorted(status["stages"].items())]
+    rows += [(stage, _age(at, now), str(int(restarts.get(stage, 0))), "", *blank) for stage, at in sorted(status["stages"].items())]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 

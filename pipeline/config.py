@@ -159,6 +159,14 @@ class TransportConfig(_Section):
         title="High-water mark",
         description="Messages queued per socket before senders block (files) or drop (live): small keeps latency low.",
     )
+    live_send_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        title="Live send timeout",
+        description="Inference -> incidents, live cameras: detections the incidents stage does not take within this long are "
+        "dropped and counted per camera (scratchwatch_detections_dropped_total), so a slow incidents stage never blocks "
+        "inference. Replays always wait (lossless).",
+    )
     stall_timeout_s: float = Field(
         default=60.0,
         gt=0,

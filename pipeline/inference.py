@@ -80,6 +80,7 @@ class InferenceStage:
         *,
         control: Receiver,
         notify: Callable[..., None] | None = None,
+        live_send_timeout_s: float = 1.0,
     ) -> None:
         self.detector = detector
         self.receiver = receiver
@@ -99,6 +100,9 @@ class InferenceStage:
         self.latency = Histogram()
         """Seconds per ``detector.detect`` call (one batch)."""
         self.received: Counter[str] = Counter()
+        self.live_send_timeout_s = live_send_timeout_s
+        self.undelivered: Counter[str] = Counter()
+        """Live frames analysed whose detections incidents did not take in time, by camera (dropped, never queued)."""
         self.pending_eos: dict[str, EosHeader] = {}
         self.eos_done: set[str] = set()
         self.stopping = False
@@ -148,6 +152,7 @@ class InferenceStage:
             "damage_inferences": self.inferences,
             "latency": self.latency.snapshot(),
             "foreign_control": self.foreign_control,
+            "undelivered": dict(self.undelivered),
             "detections_sent": self.sent,
             "detections_acknowledged": self.acknowledged,
         }
@@ -178,8 +183,20 @@ class InferenceStage:
                 frame.header, result.rows, frame.image, model_name=damage.name, model_sha256=damage.model_sha256,
                 cars=len(result.cars), inferences=result.inferences,
             )
-            send(self.out, parts)
-            self.sent += 1
+            if self._deliver(frame, parts):
+                self.sent += 1
+
+    def _deliver(self, frame: Frame, parts: list[Any]) -> bool:
+        """Replay waits for incidents (lossless); live detections not taken in time are dropped and counted."""
+        if frame.header.kind != "live":
+            return send(self.out, parts)
+        if send_within(self.out, parts, self.live_send_timeout_s):
+            return True
+        camera = frame.header.camera
+        self.undelivered[camera] += 1
+        self._log.warning("undelivered", "inference: the incidents stage did not take camera %s's detections within %g s; "
+                          "dropped (%d so far for that camera)", camera, self.live_send_timeout_s, self.undelivered[camera])
+        return False
 
     def _bad_frame(self, frame: Frame, exc: Exception) -> None:
         self.errors += 1
@@ -257,7 +274,8 @@ def _serve(stage: StageContext) -> dict[str, Any]:
     rate_limit_s = stage.settings.logging.rate_limit_s
     receiver = Receiver(frames_in, rate_limit_s, "inference", stage.events.beat)
     control = Receiver(pull_socket(stage.ctx, stage.endpoints.control, hwm), rate_limit_s, "inference control")
-    worker = InferenceStage(detector, receiver, detections_out, config.max_batch, rate_limit_s, control=control, notify=stage.events.emit)
+    worker = InferenceStage(detector, receiver, detections_out, config.max_batch, rate_limit_s, control=control,
+                            notify=stage.events.emit, live_send_timeout_s=stage.settings.transport.live_send_timeout_s)
     stage.events.stats_source = worker.stats
     stage.events.emit(
         "ready", final=True, providers=damage.providers, model=str(damage.model_path), imgsz=list(damage.imgsz),

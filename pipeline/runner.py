@@ -331,7 +331,7 @@ class Supervisor:
         elif event.event == "ready":
             self._ready.add(event.stage)
             self.stages[event.stage] = dict(event.data)
-        elif event.event == "progress":
+        elif event.event in ("progress", "heartbeat"):  # a heartbeat carries the stage's counters too
             self.stages.setdefault(event.stage, {}).update(event.data)
             if event.stage == "incidents":
                 self._on_counts(event.data)

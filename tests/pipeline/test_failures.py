@@ -196,3 +196,24 @@ def test_a_stalled_stage_fails_the_run_naming_it(make_settings, two_mark_clip: P
     with pytest.raises(PipelineError, match=r"inference stage stalled: no heartbeat for \d+ s"):
         supervisor.run(on_progress=stop_inference)
     assert time.monotonic() - stopped[0] < 15
+
+
+def test_a_stopped_incidents_stage_makes_a_replay_wait_never_drop(make_settings, two_mark_clip: Path) -> None:
+    """The live send timeout is for live cameras only: a replay is lossless, whatever incidents does."""
+    settings = make_settings(transport={"live_send_timeout_s": 0.1})
+    supervisor = Supervisor(settings, replay_specs(settings, [two_mark_clip], realtime=True))
+    paused: list[float] = []
+
+    def pause_incidents_for_2_s(sup: Supervisor) -> None:
+        if not paused and sup.results["replay:lot"].frames >= 10:
+            os.kill(sup.stage_pids["incidents"], signal.SIGSTOP)
+            paused.append(time.monotonic())
+        elif len(paused) == 1 and time.monotonic() - paused[0] > 2:
+            os.kill(sup.stage_pids["incidents"], signal.SIGCONT)
+            paused.append(time.monotonic())
+
+    report = supervisor.run(on_progress=pause_incidents_for_2_s)
+    assert len(paused) == 2
+    assert report.ok, report.problems
+    assert report.files[0].frames == 60 and report.incidents == 2
+    assert report.stages["inference"]["undelivered"] == {}

@@ -9,6 +9,7 @@ import os
 import signal
 import sqlite3
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,3 +108,31 @@ def test_a_crash_loop_fails_the_live_run_loudly(make_settings, camera: SourceSpe
                                             r"not restarting it again: 1 restart\(s\) within 600 s"):
         supervisor.run()
     assert supervisor.restarts["inference"] == 1
+
+
+def test_a_stuck_incidents_stage_never_blocks_inference_on_a_live_camera(make_settings, camera: SourceSpec) -> None:
+    """SIGSTOP the incidents stage: inference goes on analysing the live camera and drops what incidents
+    cannot take (counted for the camera) instead of blocking; once it resumes, detections flow again."""
+    settings = _live_settings(make_settings, transport={"live_send_timeout_s": 0.2})
+    stop = threading.Event()
+    supervisor = Supervisor(settings, [camera], stop, restart=True)
+    seen: dict[str, float] = {}
+
+    def script(sup: Supervisor) -> None:
+        inference = sup.stages.get("inference", {})
+        if "stopped_at" not in seen and sup.results["gate"].frames >= 3:
+            os.kill(sup.stage_pids["incidents"], signal.SIGSTOP)
+            seen.update(stopped_at=time.monotonic(), frames_at_stop=inference.get("frames", 0))
+        elif "stopped_at" in seen and "resumed" not in seen and time.monotonic() - seen["stopped_at"] > 4:
+            seen.update(analysed_while_stopped=inference["frames"] - seen["frames_at_stop"],
+                        undelivered=inference["undelivered"].get("gate", 0), resumed=sup.results["gate"].frames)
+            os.kill(sup.stage_pids["incidents"], signal.SIGCONT)
+        elif "resumed" in seen and sup.results["gate"].frames > seen["resumed"] + 3:
+            stop.set()
+
+    report = supervisor.run(on_progress=script)
+    assert report.ok, report.problems
+    assert seen["undelivered"] >= 5, seen
+    assert seen["analysed_while_stopped"] >= seen["undelivered"], "inference kept analysing, it never blocked"
+    assert report.stages["inference"]["undelivered"]["gate"] >= seen["undelivered"]
+    assert not supervisor.restarts
