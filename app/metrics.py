@@ -142,7 +142,10 @@ class MetricsExporter(Observer):
             if isinstance(data.get(key), int):
                 yield CounterMetricFamily(f"scratchwatch_inference_{key}", help_text, value=data[key])
         incidents = self.stage_counters.get("incidents", {})
-        for key, help_text in (("snapshot_errors", "Snapshots that could not be written"), ("errors", "Messages the incidents stage skipped")):
+        for key, help_text in (("snapshot_errors", "Snapshots that could not be written"), ("errors", "Messages the incidents stage skipped"),
+                               ("snapshots_dropped", "Queued incidents' snapshots deleted to keep the spool within database.spool_max_mb"),
+                               ("snapshots_refused", "Snapshots not written: free disk below database.spool_reserve_mb"),
+                               ("snapshots_skipped", "Snapshots not written: the spool file alone past database.spool_max_mb")):
             if isinstance(incidents.get(key), int):
                 yield CounterMetricFamily(f"scratchwatch_incidents_{key}", help_text, value=incidents[key])
 

@@ -297,8 +297,16 @@ class DatabaseConfig(_Section):
         default=64.0,
         gt=0,
         title="Spool size limit",
-        description="Incident records wait in <data_dir>/spool.db until the database commits them. Beyond this size "
-        "new snapshots are skipped (counted, logged as an error) so the disk is kept for records, which are never dropped.",
+        description="Incident records wait in <data_dir>/spool.db until the database commits them. When the spool and the "
+        "snapshots of the records it holds exceed this size, the oldest of those snapshots are deleted, the newest kept "
+        "(counted, logged); records are never dropped. A spool file alone beyond it skips new snapshots.",
+    )
+    spool_reserve_mb: float = Field(
+        default=64.0,
+        ge=0,
+        title="Disk reserve for the spool",
+        description="New snapshots are refused while the data folder's disk has less free space than this, so the spool's "
+        "records still fit (counted, logged once per episode). 0: no reserve.",
     )
     statement_timeout_s: float = Field(
         default=30.0,

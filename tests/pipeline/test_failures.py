@@ -217,3 +217,25 @@ def test_a_stopped_incidents_stage_makes_a_replay_wait_never_drop(make_settings,
     assert report.ok, report.problems
     assert report.files[0].frames == 60 and report.incidents == 2
     assert report.stages["inference"]["undelivered"] == {}
+
+
+def test_below_the_disk_reserve_snapshots_are_refused_and_every_record_is_committed(
+    make_settings, two_mark_clip: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A reserve larger than the real free space of the data disk: the replay still commits every
+    incident; no JPEG is written; the refusals are counted and logged once for the episode."""
+    import shutil
+
+    settings = make_settings()
+    connect(settings.database_url).dispose()
+    free_mb = shutil.disk_usage(settings.data_dir).free / 1e6
+    settings = make_settings(database={"spool_reserve_mb": free_mb * 2})
+    report = replay_files(settings, [two_mark_clip], progress=False)
+
+    assert report.ok, report.problems
+    rows = stored(settings.database_url)
+    assert len(rows) == 2 and all(r.closed_at is not None and r.snapshot_path is None for r in rows)
+    assert not list(settings.data_dir.rglob("*.jpg"))
+    assert report.stages["incidents"]["snapshots_refused"] >= 2
+    err = capfd.readouterr().err
+    assert err.count("below database.spool_reserve_mb") == 1, err
