@@ -19,7 +19,7 @@ from storage.db import connect
 from storage.spool import SPOOL_FILENAME
 from tests.conftest import PostgresCluster
 from tests.pipeline.conftest import CLIP_MARKS
-from tests.pipeline.synthetic import write_clip
+from tests.pipeline.synthetic import Mark, write_clip
 from tests.pipeline.test_replay import _count_rows, run_cli, stored
 
 
@@ -154,6 +154,17 @@ def test_tiny_videos_end_by_acknowledgement_with_every_frame_analysed(make_setti
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert out.splitlines() == [f"{clip.resolve()}: 50 frames, 0 incidents, ok" for clip in clips]
+
+
+def test_a_4000x3000_video_replays_with_every_frame_analysed(make_settings, tmp_path: Path) -> None:
+    """36 MB frames: a handful fill every socket buffer between the stages; the end is still
+    acknowledged on both links and the damage on the car is found at full resolution."""
+    make_settings()
+    clip = write_clip(tmp_path / "huge.avi", 4, [Mark(0, 4, (200, 100, 30, 10))], size=(4000, 3000))
+    proc = run_cli("--config", "config.yaml", "replay", "--no-progress", str(clip), cwd=tmp_path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out.splitlines() == [f"{clip.resolve()}: 4 frames, 1 incidents, ok"]
 
 
 def test_a_stop_injected_into_the_frames_socket_by_another_process_is_ignored_and_counted(
