@@ -164,6 +164,7 @@ def test_control_messages_on_the_frames_socket_are_ignored_and_counted(harness: 
     assert thread.is_alive() and harness.stage.foreign_control == 2
     harness.stop()
     out = harness.collect()
+    thread.join(5)
     assert [type(m).__name__ for m in out] == ["Detections", "StopHeader"]
 
 
