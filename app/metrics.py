@@ -75,13 +75,17 @@ class MetricsExporter(Observer):
             "in": CounterMetricFamily("scratchwatch_frames_captured", "Frames read from the camera for analysis", labels=["camera"]),
             "dropped": CounterMetricFamily("scratchwatch_frames_dropped", "Live frames dropped because inference was busy", labels=["camera"]),
             "analysed": CounterMetricFamily("scratchwatch_frames_analysed", "Frames that went through the detector", labels=["camera"]),
+            "undelivered": CounterMetricFamily("scratchwatch_detections_dropped", "Live frames analysed whose detections the "
+                                               "incidents stage did not take within transport.live_send_timeout_s", labels=["camera"]),
             "reconnects": CounterMetricFamily("scratchwatch_camera_reconnects", "Times a live stream was lost", labels=["camera"]),
             "incidents": CounterMetricFamily("scratchwatch_incidents_opened", "Incidents opened", labels=["camera"]),
             "up": GaugeMetricFamily("scratchwatch_camera_up", "1 while the camera delivers frames", labels=["camera"]),
             "last": GaugeMetricFamily("scratchwatch_camera_last_frame_timestamp_seconds", "UTC time of the last frame", labels=["camera"]),
         }
+        undelivered = self.stage_counters.get("inference", {}).get("undelivered", {})
         for thread in self.supervisor.captures if self.supervisor else []:
             camera, stats = [thread.spec.camera], thread.stats
+            families["undelivered"].add_metric(camera, undelivered.get(thread.spec.camera, 0) if isinstance(undelivered, dict) else 0)
             result = self.supervisor.results.get(thread.spec.camera)
             families["in"].add_metric(camera, stats.sent + stats.dropped)
             families["dropped"].add_metric(camera, stats.dropped)
@@ -102,13 +106,20 @@ class MetricsExporter(Observer):
             return 0
         sent = sum(thread.stats.sent for thread in self.supervisor.captures)
         analysed = sum(result.frames for result in self.supervisor.results.values())
-        dropped = self.stage_counters.get("inference", {}).get("dropped_live", 0)
-        return max(0, sent - analysed - (dropped if isinstance(dropped, int) else 0))
+        inference = self.stage_counters.get("inference", {})
+        dropped = inference.get("dropped_live", 0)
+        undelivered = inference.get("undelivered", {})
+        dropped = (dropped if isinstance(dropped, int) else 0) + (sum(undelivered.values()) if isinstance(undelivered, dict) else 0)
+        return max(0, sent - analysed - dropped)
 
     def _stages(self) -> Iterator[Metric]:
         last = GaugeMetricFamily("scratchwatch_stage_last_heartbeat_timestamp_seconds", "Time of the stage's last event", labels=["stage"])
         malformed = CounterMetricFamily("scratchwatch_messages_malformed", "Malformed messages skipped", labels=["stage"])
         refused = CounterMetricFamily("scratchwatch_peers_refused", "CurveZMQ handshakes refused", labels=["stage"])
+        restarts = CounterMetricFamily("scratchwatch_stage_restarts", "Times the supervisor restarted the stage after it died, "
+                                       "failed or stalled", labels=["stage"])
+        for stage, count in sorted(getattr(self.supervisor, "restarts", {}).items()):
+            restarts.add_metric([stage], count)
         for stage, at in sorted(self.last_event.items()):
             last.add_metric([stage], at)
         for stage, data in sorted(self.stage_counters.items()):
@@ -116,7 +127,7 @@ class MetricsExporter(Observer):
                 malformed.add_metric([stage], data["malformed"])
             if isinstance(data.get("refused"), int):
                 refused.add_metric([stage], data["refused"])
-        yield from (last, malformed, refused)
+        yield from (last, malformed, refused, restarts)
 
     def _inference(self) -> Iterator[Metric]:
         data = self.stage_counters.get("inference", {})
@@ -131,7 +142,10 @@ class MetricsExporter(Observer):
             if isinstance(data.get(key), int):
                 yield CounterMetricFamily(f"scratchwatch_inference_{key}", help_text, value=data[key])
         incidents = self.stage_counters.get("incidents", {})
-        for key, help_text in (("snapshot_errors", "Snapshots that could not be written"), ("errors", "Messages the incidents stage skipped")):
+        for key, help_text in (("snapshot_errors", "Snapshots that could not be written"), ("errors", "Messages the incidents stage skipped"),
+                               ("snapshots_dropped", "Queued incidents' snapshots deleted to keep the spool within database.spool_max_mb"),
+                               ("snapshots_refused", "Snapshots not written: free disk below database.spool_reserve_mb"),
+                               ("snapshots_skipped", "Snapshots not written: the spool file alone past database.spool_max_mb")):
             if isinstance(incidents.get(key), int):
                 yield CounterMetricFamily(f"scratchwatch_incidents_{key}", help_text, value=incidents[key])
 

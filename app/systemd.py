@@ -110,7 +110,8 @@ class ServiceWatchdog:
 
     def on_tick(self, supervisor: Any = None) -> None:
         now = time.monotonic()
-        stalled = self.stalled(now)
+        restarting = getattr(supervisor, "restarting", set())  # the supervisor's restart policy bounds those
+        stalled = [stage for stage in self.stalled(now) if stage not in restarting]
         self._log_stalled(stalled)
         if stalled or not self.timeout_s or now - self._last_ping < self.timeout_s / 3:
             return

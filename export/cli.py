@@ -301,13 +301,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         f"mAP@0.5 {m['mAP50']:.3f} mAP@0.5:0.95 {m['mAP50-95']:.3f}, F1-best threshold {m['threshold']:.3f}; "
         f"at {m['shipped']['threshold']}: P {m['shipped']['precision']:.3f} R {m['shipped']['recall']:.3f}"
     )
+    failed = False
     for clip, result in report.clips.items():
-        print(f"  {clip}: {result['incidents']} incidents (false alarms) over {result['frames']} frames")
+        if result["error"]:
+            failed = True
+            print(f"  {clip}: error: {result['error']} (false alarms not counted)")
+        else:
+            print(f"  {clip}: {result['incidents']} incidents (false alarms) over {result['frames']} frames")
     for row in report.sweep:
-        print(f"  threshold {row['threshold']}: P {row['precision']:.3f} R {row['recall']:.3f}, "
-              f"{row['total_false_alarms']} false alarms {row['false_alarms']}")
+        errors = row.get("errors") or {}
+        failed = failed or bool(errors)
+        alarms = (f"error: {'; '.join(f'{clip}: {why}' for clip, why in errors.items())} (false alarms not counted)" if errors
+                  else f"{row['total_false_alarms']} false alarms {row['false_alarms']}")
+        print(f"  threshold {row['threshold']}: P {row['precision']:.3f} R {row['recall']:.3f}, {alarms}")
     print(f"report: {report.outputs['report']}")
-    return 0
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -174,15 +174,20 @@ def replay_clips(model: Path, threshold: float, clips: list[Path], work_dir: Pat
         }
     )
     report = replay_files(settings, clips, progress=True)
-    return {
-        Path(f.path).name: {"frames": f.frames, "incidents": f.incidents, "error": f.error}
+    return {  # a clip not analysed to its end counts no false alarm: it is an error, never a zero
+        Path(f.path).name: {"frames": f.frames, "incidents": f.incidents,
+                            "error": f.problem or ("no frame analysed" if f.frames == 0 else None)}
         for f in report.files
     }
 
 
 def _sweep_row(ev: Evaluation, threshold: float, replayed: dict[str, dict]) -> dict:
-    alarms = {name: r["incidents"] for name, r in replayed.items()}
-    return at_threshold(ev, threshold) | {"false_alarms": alarms, "total_false_alarms": sum(alarms.values())}
+    """False alarms of the clips analysed to their end; the others are listed in ``errors`` and make
+    the total None (unknown), so a model that analysed nothing never reads as "no false alarms"."""
+    alarms = {name: r["incidents"] for name, r in replayed.items() if not r["error"]}
+    errors = {name: r["error"] for name, r in replayed.items() if r["error"]}
+    return at_threshold(ev, threshold) | {"false_alarms": alarms, "total_false_alarms": None if errors else sum(alarms.values()),
+                                          "errors": errors}
 
 
 def run_evaluation(

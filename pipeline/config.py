@@ -159,6 +159,14 @@ class TransportConfig(_Section):
         title="High-water mark",
         description="Messages queued per socket before senders block (files) or drop (live): small keeps latency low.",
     )
+    live_send_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        title="Live send timeout",
+        description="Inference -> incidents, live cameras: detections the incidents stage does not take within this long are "
+        "dropped and counted per camera (scratchwatch_detections_dropped_total), so a slow incidents stage never blocks "
+        "inference. Replays always wait (lossless).",
+    )
     stall_timeout_s: float = Field(
         default=60.0,
         gt=0,
@@ -309,8 +317,16 @@ class DatabaseConfig(_Section):
         default=64.0,
         gt=0,
         title="Spool size limit",
-        description="Incident records wait in <data_dir>/spool.db until the database commits them. Beyond this size "
-        "new snapshots are skipped (counted, logged as an error) so the disk is kept for records, which are never dropped.",
+        description="Incident records wait in <data_dir>/spool.db until the database commits them. When the spool and the "
+        "snapshots of the records it holds exceed this size, the oldest of those snapshots are deleted, the newest kept "
+        "(counted, logged); records are never dropped. A spool file alone beyond it skips new snapshots.",
+    )
+    spool_reserve_mb: float = Field(
+        default=64.0,
+        ge=0,
+        title="Disk reserve for the spool",
+        description="New snapshots are refused while the data folder's disk has less free space than this, so the spool's "
+        "records still fit (counted, logged once per episode). 0: no reserve.",
     )
     statement_timeout_s: float = Field(
         default=30.0,
@@ -392,6 +408,31 @@ class MetricsConfig(_Section):
     port: int = Field(default=9321, ge=0, le=65535, title="Metrics port", description="http://host:port/metrics; 0 picks a free port (logged).")
 
 
+class SupervisorConfig(_Section):
+    restart: bool = Field(
+        default=True,
+        title="Restart failed stages",
+        description="`scratchwatch run`: a stage process that dies, fails or stalls (no heartbeat for transport.stall_timeout_s) "
+        "is restarted with backoff, counted and logged; records it had accepted wait in the spool. `replay` never restarts: it fails.",
+    )
+    restart_initial_s: float = Field(
+        default=1.0, gt=0, title="First restart delay", description="Seconds before a failed stage is started again; doubles per restart in the window."
+    )
+    restart_max_s: float = Field(
+        default=30.0, gt=0, title="Longest restart delay", description="The restart backoff stops growing here."
+    )
+    max_restarts: int = Field(
+        default=5,
+        ge=0,
+        title="Restarts before giving up",
+        description="More restarts than this of one stage within restart_window_s is a crash loop: the run fails, naming the stage "
+        "and its last error (systemd then decides). 0: never restart.",
+    )
+    restart_window_s: float = Field(
+        default=600.0, gt=0, title="Crash-loop window", description="Seconds over which a stage's restarts are counted against max_restarts."
+    )
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", title="Log level", description="Root log level of every stage.")
     rate_limit_s: float = Field(
@@ -438,6 +479,9 @@ class Settings(_Section):
     tracker: TrackerConfig = Field(default_factory=TrackerConfig, title="Tracker", description="How detections become incidents.")
     snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig, title="Snapshots", description="JPEG evidence of each incident.")
     database: DatabaseConfig = Field(default_factory=DatabaseConfig, title="Database", description="Where incidents are stored.")
+    supervisor: SupervisorConfig = Field(
+        default_factory=SupervisorConfig, title="Supervisor", description="What `scratchwatch run` does when a stage process fails."
+    )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, title="Logging", description="Log level and rate limits.")
     replay: ReplayConfig = Field(default_factory=ReplayConfig, title="Replay", description="Settings of `scratchwatch replay`.")
     api: ApiConfig = Field(default_factory=ApiConfig, title="HTTP API", description="`scratchwatch serve`: the query API and web page.")

@@ -9,10 +9,13 @@ stalls the stream, and what is not committed at exit is written at the next star
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from pipeline.config import Settings
@@ -23,6 +26,7 @@ from pipeline.snapshots import snapshot_paths, write_snapshots
 from pipeline.stage import EventSender, StageContext, run_stage
 from pipeline.tracker import CameraTracker, Track
 from pipeline.transport import Endpoints, Receiver, pull_socket
+from storage.snapshot_files import SNAPSHOT_FIELDS, SnapshotUnavailable, resolve_snapshot, snapshot_root
 
 log = logging.getLogger(__name__)
 POLL_MS = 200
@@ -41,7 +45,16 @@ class IncidentsStage:
         self.opened: Counter[str] = Counter()
         self.snapshot_errors = 0
         self.snapshots_skipped = 0
+        """Not written: the spool file alone is past database.spool_max_mb."""
+        self.snapshots_dropped = 0
+        """Deleted to keep the spool and its queued snapshots within database.spool_max_mb (the oldest first)."""
+        self.snapshots_refused = 0
+        """Not written: the data disk had less free space than database.spool_reserve_mb."""
+        self._low_disk = False
+        self._log = RateLimitedLog(log, settings.logging.rate_limit_s)
         self.errors = 0
+        self.received = 0
+        """Detections messages taken off the socket (what the end's acknowledgement reports)."""
         self.first_frame_ns: int | None = None
         self.last_frame_ns: int | None = None
         self.latency = LatencyLog()
@@ -50,11 +63,14 @@ class IncidentsStage:
     def handle(self, message: Message) -> bool:
         """One message; True on STOP (every incident closed, nothing more will come)."""
         if isinstance(message, Detections):
+            self.received += 1
             self._detections(message)
         elif isinstance(message, EosHeader):
             self._close(self.trackers.pop(message.camera, None))
             self.progress(force=True)
         elif isinstance(message, StopHeader):
+            if message.detections is not None and self.received < message.detections:
+                log.warning("incidents: received %d of the %d detections inference sent", self.received, message.detections)
             for camera in list(self.trackers):
                 self._close(self.trackers.pop(camera))
             return True
@@ -72,6 +88,8 @@ class IncidentsStage:
             "incidents": dict(self.opened),
             "snapshot_errors": self.snapshot_errors,
             "snapshots_skipped": self.snapshots_skipped,
+            "snapshots_dropped": self.snapshots_dropped,
+            "snapshots_refused": self.snapshots_refused,
             "errors": self.errors,
             "first_frame_ns": self.first_frame_ns,
             "last_frame_ns": self.last_frame_ns,
@@ -94,6 +112,7 @@ class IncidentsStage:
             self.writer.submit(incident_record(track))
             if self._snapshots(track):  # after the first write: JPEG encoding is off the latency path
                 self.writer.submit(incident_record(track))
+                self._keep_spool_within_limit(newest=str(track.state["uid"]))
         self._close_tracks(update.closed)
         self.latency.add(camera, message.header.captured_ns)
         self.progress()
@@ -104,18 +123,22 @@ class IncidentsStage:
 
     def _close_tracks(self, tracks: list[Track]) -> None:
         for track in tracks:
-            self._snapshots(track)
+            wrote = self._snapshots(track)
             self.writer.submit(incident_record(track, closed=True))
+            if wrote:
+                self._keep_spool_within_limit(newest=str(track.state["uid"]))
 
     def _snapshots(self, track: Track) -> bool:
         """Write (or overwrite, on close) the best frame's JPEGs; a failure costs only the images."""
-        if not self.settings.snapshots.enabled or track.best_image is None or not self._room_for_snapshots():
+        if not self.settings.snapshots.enabled or track.best_image is None:
             return False
         if track.state.get("snapshot_seq") == track.best.header.seq:
-            return False  # the best frame has not changed since its JPEGs were written
+            return False  # the best frame has not changed since its JPEGs were written (or they were dropped)
+        if not self._room_for_snapshots():
+            return False
         # the folder date is the incident's first frame, so a rewrite after midnight lands on the same files
         first = track.first.header
-        root = self.settings.data_dir / "snapshots"
+        root = snapshot_root(self.settings.data_dir)
         paths = snapshot_paths(root, first.camera, first.captured_at, str(track.state["uid"]))
         label = f"scratch {track.best.score:.2f}"
         car = track.best.car
@@ -133,16 +156,72 @@ class IncidentsStage:
         )
         return True
 
-
     def _room_for_snapshots(self) -> bool:
-        """A spool past its limit means a long outage: its disk is kept for records, not JPEGs."""
+        """The disk is kept for records, not JPEGs: below the free-space reserve, or with a spool file
+        past its limit (a long outage), no snapshot is written."""
+        data_dir, reserve_mb = self.settings.data_dir, self.settings.database.spool_reserve_mb
+        free = shutil.disk_usage(data_dir).free
+        if free < reserve_mb * 1e6:
+            self.snapshots_refused += 1
+            if not self._low_disk:  # once per episode
+                self._low_disk = True
+                log.error("data folder %s has %.1f MB free, below database.spool_reserve_mb (%g MB): new snapshots are "
+                          "refused so incident records still fit; free disk space", data_dir, free / 1e6, reserve_mb)
+            return False
+        if self._low_disk:
+            self._low_disk = False
+            log.warning("data folder %s has %.1f MB free again: snapshots resume (%d refused meanwhile)",
+                        data_dir, free / 1e6, self.snapshots_refused)
         spool = getattr(self.writer, "spool", None)
         if spool is None or not spool.over_limit():
             return True
         self.snapshots_skipped += 1
-        log.error("spool %s is over database.spool_max_mb (%.1f MB): snapshot skipped (%d so far), records are kept",
-                  spool.path, spool.size_bytes() / 1e6, self.snapshots_skipped)
+        self._log.warning("skipped", "spool %s alone is over database.spool_max_mb (%.1f MB): snapshot skipped (%d so far), "
+                          "records are kept", spool.path, spool.size_bytes() / 1e6, self.snapshots_skipped)
         return False
+
+    def _keep_spool_within_limit(self, newest: str) -> None:
+        """Records waiting for the database and their snapshots share database.spool_max_mb: past it, the
+        snapshots of the oldest queued records are deleted (never a record, never the newest snapshot)."""
+        spool = getattr(self.writer, "spool", None)
+        queued = spool.queued_snapshots() if spool is not None else []
+        if not queued:
+            return
+        root = snapshot_root(self.settings.data_dir)
+        sized = [(seq, uid, paths, sum(_file_size(root, p) for p in paths)) for seq, uid, paths in queued]
+        total = spool.size_bytes() + sum(size for *_, size in sized)
+        dropped = 0
+        for seq, uid, paths, size in sized:
+            if total <= spool.max_bytes:
+                break
+            if uid == newest or not spool.drop_snapshots(seq, uid):
+                continue  # the newest stays; a record committed meanwhile keeps its files
+            for path in paths:
+                with contextlib.suppress(SnapshotUnavailable):
+                    resolve_snapshot(root, path).unlink()
+            self._forget_snapshots(uid)
+            total -= size
+            dropped += 1
+        if dropped:
+            self.snapshots_dropped += dropped
+            self._log.warning("dropped", "spool and the snapshots of its queued records are over database.spool_max_mb "
+                              "(%g MB): deleted the snapshots of the %d oldest queued incident(s), %d so far; records are kept",
+                              spool.max_bytes / 1e6, dropped, self.snapshots_dropped)
+
+    def _forget_snapshots(self, uid: str) -> None:
+        """An open incident whose snapshots were dropped: its next records carry none (until its best frame changes)."""
+        for tracker in self.trackers.values():
+            for track in tracker.tracks:
+                if track.state.get("uid") == uid:
+                    for field in SNAPSHOT_FIELDS.values():
+                        track.state[field] = None
+
+
+def _file_size(root: Path, stored: str) -> int:
+    try:
+        return resolve_snapshot(root, stored).stat().st_size
+    except (SnapshotUnavailable, OSError):
+        return 0
 
 
 def incident_record(track: Track, *, closed: bool = False) -> Any:
@@ -222,7 +301,8 @@ def _serve(stage: StageContext) -> dict[str, Any]:
         while True:
             message = receiver.recv(POLL_MS)
             if message is not None and handle_safely(worker, message, bad):
-                stage.events.emit("stopping", final=True)  # the supervisor's proof that STOP arrived
+                # the acknowledgement the supervisor relays to inference: only then does inference close its socket
+                stage.events.emit("stopping", final=True, detections=worker.received)
                 break
             if message is None and not stage.parent_alive():
                 log.warning("incidents: supervisor gone; closing open incidents and exiting")
@@ -243,4 +323,4 @@ def handle_safely(worker: IncidentsStage, message: Message, bad: RateLimitedLog)
     except Exception as exc:
         worker.errors += 1
         bad.warning("handle", "incidents: message skipped (%s): %s", type(message).__name__, exc)
-        return False
+        return isinstance(message, StopHeader)  # a STOP that failed to close a track still ends the stage

@@ -5,7 +5,10 @@ one would only add latency), replay frames are all kept, and frames from several
 as one batch. EOS and STOP come from the supervisor on the control channel, never on the frames
 socket: an EOS carries how many frames its source sent and is acknowledged (and forwarded to
 incidents, in order after that source's detections) once all of them arrived, so no frame of a
-file is lost to a socket closing early. The frames Receiver carries the heartbeat.
+file is lost to a socket closing early. The detections link ends the same way: the STOP inference
+forwards carries how many detections it sent, incidents acknowledges it with how many it got
+(relayed by the supervisor on the control channel), and only then does inference close its
+socket and exit. The frames Receiver carries the heartbeat.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ import zmq
 from pipeline.car_gate import CarGatedDetector, build_detector
 from pipeline.detector import is_device_failure
 from pipeline.logs import RateLimitedLog
-from pipeline.messages import EosHeader, Frame, Message, StopHeader, encode_control, encode_detections
+from pipeline.messages import EosHeader, EventHeader, Frame, Message, StopHeader, encode_control, encode_detections
 from pipeline.stage import Histogram, StageContext, run_stage
-from pipeline.transport import LINGER_MS, Endpoints, Receiver, pull_socket, push_socket, send
+from pipeline.transport import Endpoints, Receiver, pull_socket, push_socket, send, send_within
 
 log = logging.getLogger(__name__)
 POLL_MS = 200
@@ -32,6 +35,16 @@ DRAIN_LIMIT = 64
 MAX_FAILURES_IN_A_ROW = 8
 """A detector that fails this many frames in a row is broken (a bad model, a CUDA error, out of
 memory), not unlucky: the stage fails loudly instead of skipping every frame forever."""
+
+
+END_ACK_TIMEOUT_S = 30.0
+"""How long inference waits for incidents to take its STOP and acknowledge the end of the detections
+stream. Incidents takes a few queued detections at most before the STOP, so only a wedged or dead
+incidents stage reaches this bound; the stage then fails saying so, instead of exiting on linger."""
+
+
+class EndNotAcknowledgedError(RuntimeError):
+    """Incidents never acknowledged the end of the detections stream."""
 
 
 class DetectorFailedError(RuntimeError):
@@ -69,6 +82,7 @@ class InferenceStage:
         *,
         control: Receiver,
         notify: Callable[..., None] | None = None,
+        live_send_timeout_s: float = 1.0,
     ) -> None:
         self.detector = detector
         self.receiver = receiver
@@ -79,10 +93,18 @@ class InferenceStage:
         """``EventSender.emit``: EOS acknowledgements to the supervisor."""
         self.frames = self.batches = self.dropped = self.errors = self.foreign_control = 0
         self.cars = self.inferences = 0
+        self.sent = 0
+        """Detections messages sent to incidents (the count the STOP carries)."""
+        self.acknowledged: int | None = None
+        """How many of them incidents says it received, once it acknowledged the STOP."""
+        self.stop_sent_at: float | None = None
         self.failures_in_a_row = 0
         self.latency = Histogram()
         """Seconds per ``detector.detect`` call (one batch)."""
         self.received: Counter[str] = Counter()
+        self.live_send_timeout_s = live_send_timeout_s
+        self.undelivered: Counter[str] = Counter()
+        """Live frames analysed whose detections incidents did not take in time, by camera (dropped, never queued)."""
         self.pending_eos: dict[str, EosHeader] = {}
         self.eos_done: set[str] = set()
         self.stopping = False
@@ -132,6 +154,9 @@ class InferenceStage:
             "damage_inferences": self.inferences,
             "latency": self.latency.snapshot(),
             "foreign_control": self.foreign_control,
+            "undelivered": dict(self.undelivered),
+            "detections_sent": self.sent,
+            "detections_acknowledged": self.acknowledged,
         }
 
     def _infer(self, batch: list[Frame]) -> None:
@@ -167,7 +192,20 @@ class InferenceStage:
                 frame.header, result.rows, frame.image, model_name=damage.name, model_sha256=damage.model_sha256,
                 cars=len(result.cars), inferences=result.inferences,
             )
-            send(self.out, parts)
+            if self._deliver(frame, parts):
+                self.sent += 1
+
+    def _deliver(self, frame: Frame, parts: list[Any]) -> bool:
+        """Replay waits for incidents (lossless); live detections not taken in time are dropped and counted."""
+        if frame.header.kind != "live":
+            return send(self.out, parts)
+        if send_within(self.out, parts, self.live_send_timeout_s):
+            return True
+        camera = frame.header.camera
+        self.undelivered[camera] += 1
+        self._log.warning("undelivered", "inference: the incidents stage did not take camera %s's detections within %g s; "
+                          "dropped (%d so far for that camera)", camera, self.live_send_timeout_s, self.undelivered[camera])
+        return False
 
     def _bad_frame(self, frame: Frame, exc: Exception) -> None:
         self.errors += 1
@@ -187,11 +225,13 @@ class InferenceStage:
             self.pending_eos[message.camera] = message
         elif isinstance(message, StopHeader):
             self.stopping = True
+        elif isinstance(message, EventHeader) and message.stage == "incidents" and message.event == "stopping":
+            self.acknowledged = int(message.data.get("detections") or 0)  # relayed by the supervisor
         else:
             self._log.warning("unexpected", "inference: ignored unexpected %s control message", type(message).__name__)
 
     def _settle(self) -> bool:
-        """Forward and acknowledge each EOS whose frames all arrived; True once STOP is forwarded.
+        """Forward and acknowledge each EOS whose frames all arrived; True once incidents acknowledged STOP.
 
         STOP comes after the supervisor had its acknowledgements; an EOS still waiting then
         belongs to a source whose frames will never come, and is forwarded saying so.
@@ -207,9 +247,25 @@ class InferenceStage:
             self.eos_done.add(camera)
             if self.notify:
                 self.notify("eos", final=True, camera=camera, frames=self.received[camera])
-        if self.stopping:
-            send(self.out, encode_control(StopHeader(sources=tuple(sorted(self.eos_done)))))
-        return self.stopping
+        if self.stopping and self.stop_sent_at is None:
+            stop = StopHeader(sources=tuple(sorted(self.eos_done)), detections=self.sent)
+            if not send_within(self.out, encode_control(stop), END_ACK_TIMEOUT_S):
+                raise EndNotAcknowledgedError(f"the incidents stage did not take the STOP within {END_ACK_TIMEOUT_S:.0f} s")
+            self.stop_sent_at = time.monotonic()
+        return self.stop_sent_at is not None and self._end_acknowledged()
+
+    def _end_acknowledged(self) -> bool:
+        """True once incidents confirmed the STOP; an error once it failed to for END_ACK_TIMEOUT_S."""
+        assert self.stop_sent_at is not None
+        if self.acknowledged is None:
+            if time.monotonic() - self.stop_sent_at > END_ACK_TIMEOUT_S:
+                raise EndNotAcknowledgedError(
+                    f"the incidents stage did not acknowledge the end of the detections stream within "
+                    f"{END_ACK_TIMEOUT_S:.0f} s ({self.sent} detections sent)")
+            return False
+        if self.acknowledged < self.sent:  # a restarted incidents stage counts from 0; lost with the dead one
+            log.warning("inference: incidents acknowledged %d of the %d detections sent", self.acknowledged, self.sent)
+        return True
 
 
 
@@ -227,7 +283,8 @@ def _serve(stage: StageContext) -> dict[str, Any]:
     rate_limit_s = stage.settings.logging.rate_limit_s
     receiver = Receiver(frames_in, rate_limit_s, "inference", stage.events.beat)
     control = Receiver(pull_socket(stage.ctx, stage.endpoints.control, hwm), rate_limit_s, "inference control")
-    worker = InferenceStage(detector, receiver, detections_out, config.max_batch, rate_limit_s, control=control, notify=stage.events.emit)
+    worker = InferenceStage(detector, receiver, detections_out, config.max_batch, rate_limit_s, control=control,
+                            notify=stage.events.emit, live_send_timeout_s=stage.settings.transport.live_send_timeout_s)
     stage.events.stats_source = worker.stats
     stage.events.emit(
         "ready", final=True, providers=damage.providers, model=str(damage.model_path), imgsz=list(damage.imgsz),
@@ -239,7 +296,5 @@ def _serve(stage: StageContext) -> dict[str, Any]:
         f" ({detector.cars.name})" if detector.cars else "",
     )
     worker.run(stage.parent_alive)
-    # the STOP just forwarded may still sit in the socket while incidents is busy: keep delivering it
-    # for as long as the supervisor waits for incidents, not only the stage's short exit linger
-    detections_out.close(linger=LINGER_MS)
+    detections_out.close(linger=0)  # incidents acknowledged the STOP: nothing is left in flight
     return worker.stats()

@@ -10,7 +10,10 @@ raw buffers sent and received without copies:
 - eos:         ``[header]``  a source ended after ``frames`` frames; supervisor -> inference on the
                control channel, then inference -> incidents in order with that source's detections
 - stop:        ``[header]``  drain and exit; supervisor -> inference on the control channel, then
-               inference -> incidents in-band
+               inference -> incidents in-band with the count of detections sent before it;
+               incidents acknowledges it (a ``stopping`` event with the count it received),
+               which the supervisor relays to inference on the control channel: only then does
+               inference close its detections socket (the end never relies on linger)
 - event:       ``[header]``  stage -> supervisor: ready, heartbeat (with counters), progress,
                eos (the acknowledgement: every frame of a source arrived), stopping (incidents
                got its STOP), done, error
@@ -87,6 +90,9 @@ class EosHeader(_Header):
 class StopHeader(_Header):
     type: Literal["stop"] = "stop"
     sources: tuple[str, ...] = Field(default=(), description="cameras whose EOS must arrive before stopping")
+    detections: int | None = Field(
+        default=None, ge=0, description="detections messages the sender sent before this STOP (inference -> incidents): "
+        "the receiver acknowledges the end with how many it got")
 
 
 class EventHeader(_Header):

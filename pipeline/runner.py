@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +22,13 @@ from typing import Any
 
 import zmq
 
+from pipeline.backoff import Backoff
 from pipeline.capture import EOS_TIMEOUT_MS, CaptureThread, SourceSpec
 from pipeline.config import Settings
 from pipeline.incidents import incidents_main
 from pipeline.inference import inference_main
 from pipeline.messages import EventHeader, StopHeader, encode_control
-from pipeline.transport import LINGER_MS, Endpoints, Receiver, close_context, make_endpoints, pull_socket, push_socket, send
+from pipeline.transport import Endpoints, Receiver, close_context, make_endpoints, pull_socket, push_socket, send
 
 log = logging.getLogger(__name__)
 STAGES = {"incidents": incidents_main, "inference": inference_main}
@@ -34,12 +36,9 @@ STAGES = {"incidents": incidents_main, "inference": inference_main}
 READY_TIMEOUT_S = 120.0
 STOP_GRACE_S = 30.0
 """Beyond the database flush timeout, how long the stages get to drain after STOP."""
-STOP_ACK_S = 5.0
-"""How long after inference finished *and exited* the incidents stage may take to confirm its STOP.
-Before, the resend did not wait for inference to exit and overtook its last detections under load."""
-EXIT_GRACE_S = LINGER_MS / 1000 + 5.0
-"""How long a stage that reported `done` gets to exit before it is killed: longer than the linger
-in which inference delivers its last detections to a slow incidents stage."""
+EXIT_GRACE_S = 10.0
+"""How long a stage that reported `done` gets to exit before it is killed. Nothing is in flight by
+then: inference reports done only after incidents acknowledged the end of the detections stream."""
 POLL_MS = 100
 _run_counter = 0
 
@@ -148,7 +147,8 @@ class Supervisor:
     """Owns one pipeline run: stage processes, capture threads and the events channel."""
 
     def __init__(
-        self, settings: Settings, specs: list[SourceSpec], stop: threading.Event | None = None, observers: Sequence[Observer] = ()
+        self, settings: Settings, specs: list[SourceSpec], stop: threading.Event | None = None, observers: Sequence[Observer] = (),
+        *, restart: bool = False,
     ) -> None:
         global _run_counter
         _run_counter += 1
@@ -163,20 +163,27 @@ class Supervisor:
         self._ready: set[str] = set()
         self._done: set[str] = set()
         self._last_beat: dict[str, float] = {}
-        self._done_at: dict[str, float] = {}
-        self._stopping: set[str] = set()
-        self._stop_resent = False
+        self._control: zmq.Socket | None = None
+        """supervisor -> inference: STOP, and incidents' acknowledgement of the end of the detections stream."""
         self._processes: dict[str, multiprocessing.process.BaseProcess] = {}
         self._captures: list[CaptureThread] = []
         self._capture_stop = threading.Event()
         self._started = 0.0
         self.observers = tuple(observers)
+        self.restart = restart
+        """Live runs restart a failed stage (bounded, with backoff); replays fail loudly instead."""
+        self.restarts: Counter[str] = Counter()
+        """Stage restarts so far, by stage (the metrics endpoint reads them)."""
+        self._restart_times: dict[str, deque[float]] = {name: deque() for name in STAGES}
+        self._restart_due: dict[str, float] = {}
+        self._spawned_at: dict[str, float] = {}
 
     def run(self, on_progress: ProgressCallback | None = None) -> ReplayReport:
         """Start, analyse until the sources end or ``stop`` is set, drain, and report."""
         ctx = zmq.Context()
         events = Receiver(pull_socket(ctx, self.endpoints.events, 1000), self.settings.logging.rate_limit_s, "supervisor")
         self._started = time.monotonic()
+        self._control = push_socket(ctx, self.endpoints.control, 10)
         try:
             self._start_stages(events)
             self._start_captures(ctx)
@@ -208,14 +215,26 @@ class Supervisor:
     def stage_pids(self) -> dict[str, int | None]:
         return {name: process.pid for name, process in self._processes.items()}
 
+    @property
+    def restarting(self) -> set[str]:
+        """Stages the supervisor is restarting (waiting out the backoff, or not ready yet): the
+        systemd watchdog does not count their silence as a stall, the crash-loop bound covers them."""
+        return set(self._restart_due) | {name for name in self._spawned_at if name not in self._ready}
+
     def _start_stages(self, events: Receiver) -> None:
-        spawn = multiprocessing.get_context("spawn")
-        for name, target in STAGES.items():
-            process = spawn.Process(
-                target=target, args=(self.settings, self.endpoints, os.getpid()), name=f"scratchwatch-{name}"
-            )
-            process.start()
-            self._processes[name] = process
+        for name in STAGES:
+            self._spawn(name)
+        self._wait_ready(events)
+
+    def _spawn(self, name: str) -> None:
+        process = multiprocessing.get_context("spawn").Process(
+            target=STAGES[name], args=(self.settings, self.endpoints, os.getpid()), name=f"scratchwatch-{name}"
+        )
+        process.start()
+        self._processes[name] = process
+        self._spawned_at[name] = time.monotonic()
+
+    def _wait_ready(self, events: Receiver) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while self._ready != set(STAGES):
             if time.monotonic() > deadline:
@@ -237,8 +256,7 @@ class Supervisor:
         """Until every source ended or a stop is requested; a dead stage is an error."""
         while not self.stop.is_set() and not all(c.stats.finished for c in self._captures):
             self._poll(events)
-            self._check_alive()
-            self._check_heartbeats()
+            self._supervise()
             self._collect_capture_stats()
             self._observe("on_tick", self)
             if on_progress:
@@ -257,12 +275,15 @@ class Supervisor:
             self._poll(events)  # the EOS acknowledgements the capture threads wait for
         self._collect_capture_stats()
         ended = tuple(c.spec.camera for c in self._captures if c.stats.finished)
+        if self._restart_due:  # a stage waiting out its restart delay: start it now, so it drains and closes cleanly
+            for name in list(self._restart_due):
+                self._spawn(name)
+            self._restart_due.clear()
+            self._wait_ready(events)
         if any(name not in self._processes or not self._processes[name].is_alive() for name in STAGES):
             self._rescue_incidents(ctx, events)
             return
-        control = push_socket(ctx, self.endpoints.control, 1)
-        send(control, encode_control(StopHeader(sources=ended)))
-        control.close()
+        send(self._control, encode_control(StopHeader(sources=ended)))
         deadline = time.monotonic() + self.settings.database.flush_timeout_s + STOP_GRACE_S
         while self._done != set(STAGES) and time.monotonic() < deadline:
             self._poll(events)
@@ -271,28 +292,10 @@ class Supervisor:
             if any(not p.is_alive() and p.exitcode not in (0, None) for p in self._processes.values()):
                 self._poll(events)  # collect the error event
                 break
-            self._check_stop_reached_incidents(ctx)
         for name, process in self._processes.items():
             # a stage that reported `done` has nothing left to lose: it gets a short grace to exit
             grace = EXIT_GRACE_S if name in self._done else STOP_GRACE_S
             process.join(max(0.0, min(grace, deadline - time.monotonic())))
-
-    def _check_stop_reached_incidents(self, ctx: zmq.Context) -> None:
-        """Inference is done but incidents never confirmed the STOP it forwarded: send it directly.
-
-        Incidents acknowledges STOP with a `stopping` event; without it, the STOP was lost on its
-        way (the stage keeps every record in the spool either way, but would wait to be killed).
-        """
-        since = self._done_at.get("inference")
-        if since is None or "incidents" in self._stopping or "incidents" in self._done or self._stop_resent:
-            return
-        inference = self._processes.get("inference")
-        if inference is not None and inference.is_alive():
-            return  # still delivering its last detections (it exits once they are taken): a STOP sent now would overtake them
-        if time.monotonic() - since > STOP_ACK_S:
-            log.warning("incidents did not confirm the STOP within %.0f s; sending it directly", STOP_ACK_S)
-            self._stop_resent = True
-            self._stop_incidents_directly(ctx)
 
     def _stop_incidents_directly(self, ctx: zmq.Context) -> None:
         control = push_socket(ctx, self.endpoints.detections, 1, curve=self.endpoints.curve)
@@ -328,15 +331,14 @@ class Supervisor:
         elif event.event == "ready":
             self._ready.add(event.stage)
             self.stages[event.stage] = dict(event.data)
-        elif event.event == "progress":
+        elif event.event in ("progress", "heartbeat"):  # a heartbeat carries the stage's counters too
             self.stages.setdefault(event.stage, {}).update(event.data)
             if event.stage == "incidents":
                 self._on_counts(event.data)
-        elif event.event == "stopping":
-            self._stopping.add(event.stage)
+        elif event.event == "stopping" and event.stage == "incidents":
+            self._relay_end_acknowledgement(event)
         elif event.event == "done":
             self._done.add(event.stage)
-            self._done_at[event.stage] = time.monotonic()
             self.stages.setdefault(event.stage, {}).update(event.data)
             if event.stage == "incidents":
                 self._on_counts(event.data)
@@ -344,6 +346,11 @@ class Supervisor:
             self._done.add(event.stage)
             self.stages.setdefault(event.stage, {})["error"] = event.data.get("message", "unknown error")
             log.error("%s stage failed: %s", event.stage, self.stages[event.stage]["error"])
+
+    def _relay_end_acknowledgement(self, event: EventHeader) -> None:
+        """Incidents took the STOP (after every detection before it): tell inference, which may now close."""
+        if self._control is not None and not send(self._control, encode_control(event), block=False):
+            log.warning("could not relay the incidents stage's acknowledgement of the STOP to inference")
 
     def _on_counts(self, data: dict[str, Any]) -> None:
         """The incidents stage sees every analysed frame: its counters are the pipeline's."""
@@ -363,23 +370,74 @@ class Supervisor:
             result.sent = thread.stats.sent
             result.error = thread.stats.error
 
-    def _check_alive(self) -> None:
-        """Stage supervision is a later issue: for now a dead stage ends the run with its reason."""
-        for name, process in self._processes.items():
-            if not process.is_alive() and name not in self._done:
-                reason = self.stages.get(name, {}).get("error") or f"exit code {process.exitcode}"
-                raise PipelineError(f"{name} stage stopped unexpectedly: {reason}")
-            if name in self.stages and "error" in self.stages[name]:
-                raise PipelineError(f"{name} stage failed: {self.stages[name]['error']}")
-
-    def _check_heartbeats(self) -> None:
-        """A stage that stopped reporting (wedged in a driver call, stopped, deadlocked) fails the run."""
-        limit = self.settings.transport.stall_timeout_s
+    def _supervise(self) -> None:
+        """A stage that died, failed or stalled: a replay fails with its reason, a live run restarts it."""
         now = time.monotonic()
-        for name, last in self._last_beat.items():
-            if name in self._ready and name not in self._done and now - last > limit:
-                raise PipelineError(f"{name} stage stalled: no heartbeat for {now - last:.0f} s "
-                                    f"(transport.stall_timeout_s is {limit:g})")
+        for name in STAGES:
+            if name in self._restart_due:
+                if now >= self._restart_due[name]:
+                    del self._restart_due[name]
+                    self._spawn(name)
+                continue
+            try:
+                self._check_alive(name)
+                self._check_heartbeat(name, now)
+            except PipelineError as failure:
+                if not self.restart:
+                    raise
+                self._schedule_restart(name, str(failure), now)
+
+    def _check_alive(self, name: str | None = None) -> None:
+        """A dead or failed stage (or one that never got ready) raises PipelineError with its reason."""
+        for stage in [name] if name else list(self._processes):
+            process = self._processes[stage]
+            if not process.is_alive() and stage not in self._done:
+                reason = self.stages.get(stage, {}).get("error") or f"exit code {process.exitcode}"
+                raise PipelineError(f"{stage} stage stopped unexpectedly: {reason}")
+            if stage in self.stages and "error" in self.stages[stage]:
+                raise PipelineError(f"{stage} stage failed: {self.stages[stage]['error']}")
+            if stage in self._done and not self.stop.is_set():
+                raise PipelineError(f"{stage} stage ended while its sources still run")
+            if stage not in self._ready and time.monotonic() - self._spawned_at.get(stage, time.monotonic()) > READY_TIMEOUT_S:
+                raise PipelineError(f"{stage} stage not ready after {READY_TIMEOUT_S:.0f}s")
+
+    def _check_heartbeat(self, name: str, now: float) -> None:
+        """A stage that stopped reporting (wedged in a driver call, stopped, deadlocked) has failed."""
+        limit = self.settings.transport.stall_timeout_s
+        last = self._last_beat.get(name)
+        if last is not None and name in self._ready and name not in self._done and now - last > limit:
+            raise PipelineError(f"{name} stage stalled: no heartbeat for {now - last:.0f} s "
+                                f"(transport.stall_timeout_s is {limit:g})")
+
+    def _schedule_restart(self, name: str, reason: str, now: float) -> None:
+        """Kill what is left of the stage and start it again after a backoff; a crash loop fails the run.
+
+        Records the stage had accepted are in the spool: the next incidents process adopts them (and
+        closes the incidents it left open), so a restart loses at most the frames in flight.
+        """
+        policy = self.settings.supervisor
+        recent = self._restart_times[name]
+        while recent and now - recent[0] > policy.restart_window_s:
+            recent.popleft()
+        if len(recent) >= policy.max_restarts:
+            raise PipelineError(f"{reason}; not restarting it again: {len(recent)} restart(s) within "
+                                f"{policy.restart_window_s:g} s (supervisor.max_restarts is {policy.max_restarts})")
+        process = self._processes[name]
+        if process.is_alive():  # stalled: alive but silent (SIGSTOP, a wedged driver call)
+            process.kill()
+        process.join(5)
+        recent.append(now)
+        backoff = Backoff(policy.restart_initial_s, policy.restart_max_s, 0.0)
+        backoff.attempt = len(recent) - 1
+        delay = backoff.next()
+        self.restarts[name] += 1
+        self._restart_due[name] = now + delay
+        for state in (self._ready, self._done):
+            state.discard(name)
+        self._last_beat.pop(name, None)
+        self.stages.setdefault(name, {}).pop("error", None)
+        log.error("%s; restarting it in %.1f s (restart %d, %d within %g s)", reason, delay, self.restarts[name],
+                  len(recent), policy.restart_window_s)
 
     def _kill_leftovers(self) -> None:
         for thread in self._captures:
@@ -435,8 +493,9 @@ def replay_files(
 
 
 def run_cameras(settings: Settings, stop: threading.Event | None = None, observers: Sequence[Observer] = ()) -> ReplayReport:
-    """Analyse the configured cameras until ``stop`` is set or every (file) camera ended."""
+    """Analyse the configured cameras until ``stop`` is set or every (file) camera ended; failed
+    stages are restarted (``supervisor`` config), a crash loop ends the run with PipelineError."""
     specs = camera_specs(settings)
     if not specs:
         raise PipelineError("no enabled camera in the config: add one under `cameras`")
-    return Supervisor(settings, specs, stop, observers).run()
+    return Supervisor(settings, specs, stop, observers, restart=settings.supervisor.restart).run()

@@ -186,6 +186,11 @@ def send(sock: zmq.Socket, parts: list[Any], *, block: bool = True) -> bool:
     return True
 
 
+def send_within(sock: zmq.Socket, parts: list[Any], timeout_s: float) -> bool:
+    """Bounded send: False when the receiver did not take the message within ``timeout_s``."""
+    return bool(sock.poll(int(timeout_s * 1000), zmq.POLLOUT)) and send(sock, parts, block=False)
+
+
 def send_until(sock: zmq.Socket, parts: list[Any], stop: threading.Event, poll_ms: int = 100) -> bool:
     """Lossless send that still notices a stop request while the receiver is full."""
     while not stop.is_set():

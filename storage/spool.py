@@ -31,9 +31,11 @@ from pathlib import Path
 
 from storage.format import dict_to_record, record_to_dict
 from storage.repository import IncidentRecord
+from storage.snapshot_files import SNAPSHOT_FIELDS
 
 log = logging.getLogger(__name__)
 SPOOL_FILENAME = "spool.db"
+_SNAPSHOT_FIELDS = tuple(SNAPSHOT_FIELDS.values())
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -127,6 +129,31 @@ class Spool:
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
+
+    def queued_snapshots(self) -> list[tuple[int, str, list[str]]]:
+        """(seq, uid, snapshot paths) of the pending records that reference snapshots, oldest first.
+
+        Their JPEGs are part of what a database outage piles up: the spool's limit counts them.
+        """
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT seq, uid, " + ", ".join(f"json_extract(body, '$.{f}')" for f in _SNAPSHOT_FIELDS) +
+                " FROM records WHERE target = ? AND owner = ? AND error IS NULL"
+                " AND json_extract(body, '$.snapshot_path') IS NOT NULL ORDER BY seq",
+                (self.target, self.owner),
+            ).fetchall()
+        return [(seq, uid, [p for p in paths if p]) for seq, uid, *paths in rows]
+
+    def drop_snapshots(self, seq: int, uid: str) -> bool:
+        """Forget the snapshots of a pending record (its files are the caller's to delete).
+
+        False when the record is no longer pending (committed meanwhile): its files are then in use.
+        """
+        unset = "json_set(body, " + ", ".join(f"'$.{f}', NULL" for f in _SNAPSHOT_FIELDS) + ")"
+        with self._transaction() as conn:
+            changed = conn.execute(f"UPDATE records SET body = {unset} WHERE seq = ? AND error IS NULL", (seq,)).rowcount
+            conn.execute(f"UPDATE open_incidents SET body = {unset} WHERE uid = ?", (uid,))
+        return changed == 1
 
     # -- writer side --------------------------------------------------------------------
 

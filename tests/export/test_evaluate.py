@@ -41,10 +41,12 @@ def test_evaluate_scores_by_source_replays_clips_and_sweeps(tmp_path: Path) -> N
     model = build_red_model(tmp_path / "red.onnx", imgsz=128)
     clean = write_clip(tmp_path / "clips" / "clean.avi", 12, [])
     marked = write_clip(tmp_path / "clips" / "marked.avi", 12, [Mark(0, 12, (100, 100, 40, 10))])
+    broken = tmp_path / "clips" / "broken.avi"
+    broken.write_text("not a video")  # nothing of it is analysed: an error, never "no false alarms"
 
     out = tmp_path / "eval"
     base = DetectorConfig(cars={"model": build_car_model(tmp_path / "car.onnx"), "inspect_every_s": 0})  # finds the clips' blue car
-    report = run_evaluation(model, data, threshold=0.5, clips=[clean, marked], out_dir=out, provider="cpu",
+    report = run_evaluation(model, data, threshold=0.5, clips=[clean, marked, broken], out_dir=out, provider="cpu",
                             sweep=[0.3, 0.5, 0.6], base=base)  # 0.5 reuses the replay at the shipped threshold
 
     metrics = report.metrics
@@ -55,8 +57,10 @@ def test_evaluate_scores_by_source_replays_clips_and_sweeps(tmp_path: Path) -> N
     assert metrics["gate"] == "photo" and metrics["no_car_gate"]["by_source"]["alpha"]["mAP50"] > 0.9  # grey photos: no car
     assert report.clips["clean.avi"]["incidents"] == 0 and report.clips["marked.avi"]["incidents"] == 1
     assert [row["threshold"] for row in report.sweep] == [0.3, 0.5, 0.6]
+    assert "OpenCV cannot open it" in report.clips["broken.avi"]["error"]
     for row in report.sweep:
-        assert row["false_alarms"] == {"clean.avi": 0, "marked.avi": 1} and row["total_false_alarms"] == 1
+        assert row["false_alarms"] == {"clean.avi": 0, "marked.avi": 1} and list(row["errors"]) == ["broken.avi"]
+        assert row["total_false_alarms"] is None, "a clip not analysed makes the total unknown, not zero"
         assert row["recall"] == 0.5  # alpha's four of eight boxes
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["sweep"] == report.sweep and (out / "pr_curve.png").stat().st_size > 0

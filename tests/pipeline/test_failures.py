@@ -19,7 +19,7 @@ from storage.db import connect
 from storage.spool import SPOOL_FILENAME
 from tests.conftest import PostgresCluster
 from tests.pipeline.conftest import CLIP_MARKS
-from tests.pipeline.synthetic import write_clip
+from tests.pipeline.synthetic import Mark, write_clip
 from tests.pipeline.test_replay import _count_rows, run_cli, stored
 
 
@@ -141,6 +141,7 @@ def test_a_detector_failing_every_frame_fails_the_replay_within_a_few_frames(mak
     assert proc.returncode == 1, (out, err)
     assert f"failed on {MAX_FAILURES_IN_A_ROW} frames in a row" in err
     assert err.count("frame") < 40, "no per-frame retry storm in the log"
+    assert "restarting" not in err, "a replay never restarts a stage (it would double-count): it fails"
     assert "ok" not in out.split()
 
 
@@ -153,6 +154,17 @@ def test_tiny_videos_end_by_acknowledgement_with_every_frame_analysed(make_setti
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert out.splitlines() == [f"{clip.resolve()}: 50 frames, 0 incidents, ok" for clip in clips]
+
+
+def test_a_4000x3000_video_replays_with_every_frame_analysed(make_settings, tmp_path: Path) -> None:
+    """36 MB frames: a handful fill every socket buffer between the stages; the end is still
+    acknowledged on both links and the damage on the car is found at full resolution."""
+    make_settings()
+    clip = write_clip(tmp_path / "huge.avi", 4, [Mark(0, 4, (200, 100, 30, 10))], size=(4000, 3000))
+    proc = run_cli("--config", "config.yaml", "replay", "--no-progress", str(clip), cwd=tmp_path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out.splitlines() == [f"{clip.resolve()}: 4 frames, 1 incidents, ok"]
 
 
 def test_a_stop_injected_into_the_frames_socket_by_another_process_is_ignored_and_counted(
@@ -195,3 +207,46 @@ def test_a_stalled_stage_fails_the_run_naming_it(make_settings, two_mark_clip: P
     with pytest.raises(PipelineError, match=r"inference stage stalled: no heartbeat for \d+ s"):
         supervisor.run(on_progress=stop_inference)
     assert time.monotonic() - stopped[0] < 15
+
+
+def test_a_stopped_incidents_stage_makes_a_replay_wait_never_drop(make_settings, two_mark_clip: Path) -> None:
+    """The live send timeout is for live cameras only: a replay is lossless, whatever incidents does."""
+    settings = make_settings(transport={"live_send_timeout_s": 0.1})
+    supervisor = Supervisor(settings, replay_specs(settings, [two_mark_clip], realtime=True))
+    paused: list[float] = []
+
+    def pause_incidents_for_2_s(sup: Supervisor) -> None:
+        if not paused and sup.results["replay:lot"].frames >= 10:
+            os.kill(sup.stage_pids["incidents"], signal.SIGSTOP)
+            paused.append(time.monotonic())
+        elif len(paused) == 1 and time.monotonic() - paused[0] > 2:
+            os.kill(sup.stage_pids["incidents"], signal.SIGCONT)
+            paused.append(time.monotonic())
+
+    report = supervisor.run(on_progress=pause_incidents_for_2_s)
+    assert len(paused) == 2
+    assert report.ok, report.problems
+    assert report.files[0].frames == 60 and report.incidents == 2
+    assert report.stages["inference"]["undelivered"] == {}
+
+
+def test_below_the_disk_reserve_snapshots_are_refused_and_every_record_is_committed(
+    make_settings, two_mark_clip: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A reserve larger than the real free space of the data disk: the replay still commits every
+    incident; no JPEG is written; the refusals are counted and logged once for the episode."""
+    import shutil
+
+    settings = make_settings()
+    connect(settings.database_url).dispose()
+    free_mb = shutil.disk_usage(settings.data_dir).free / 1e6
+    settings = make_settings(database={"spool_reserve_mb": free_mb * 2})
+    report = replay_files(settings, [two_mark_clip], progress=False)
+
+    assert report.ok, report.problems
+    rows = stored(settings.database_url)
+    assert len(rows) == 2 and all(r.closed_at is not None and r.snapshot_path is None for r in rows)
+    assert not list(settings.data_dir.rglob("*.jpg"))
+    assert report.stages["incidents"]["snapshots_refused"] >= 2
+    err = capfd.readouterr().err
+    assert err.count("below database.spool_reserve_mb") == 1, err

@@ -16,7 +16,7 @@ from pipeline.cars import CarDetector
 from pipeline.config import CarStageConfig
 from pipeline.detector import Detector
 from pipeline.inference import InferenceStage, newest_live_only
-from pipeline.messages import Detections, EosHeader, Frame, FrameHeader, StopHeader, decode, encode_control, encode_frame, now_ns
+from pipeline.messages import Detections, EosHeader, EventHeader, Frame, FrameHeader, StopHeader, decode, encode_control, encode_frame, now_ns
 from pipeline.transport import Receiver, pull_socket, push_socket
 from tests.pipeline.synthetic import Mark, scene
 
@@ -66,14 +66,18 @@ class Harness:
         thread.start()
         return thread
 
-    def collect(self, timeout_s: float = 20) -> list:
-        """Every message out of the stage up to and including STOP."""
+    def collect(self, timeout_s: float = 20, acknowledge: bool = True) -> list:
+        """Every message out of the stage up to and including STOP, which is acknowledged as the
+        incidents stage does (through the supervisor, on the control channel) with the count received."""
         out: list = []
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.results.poll(100):
                 out.append(decode(self.results.recv_multipart(copy=False)))
                 if isinstance(out[-1], StopHeader):
+                    if acknowledge:
+                        received = sum(isinstance(m, Detections) for m in out)
+                        self.control.send_multipart(encode_control(EventHeader(stage="incidents", event="stopping", data={"detections": received})))
                     return out
         raise AssertionError(f"no STOP within {timeout_s}s; got {out}")
 
@@ -160,6 +164,7 @@ def test_control_messages_on_the_frames_socket_are_ignored_and_counted(harness: 
     assert thread.is_alive() and harness.stage.foreign_control == 2
     harness.stop()
     out = harness.collect()
+    thread.join(5)
     assert [type(m).__name__ for m in out] == ["Detections", "StopHeader"]
 
 
@@ -199,3 +204,43 @@ def test_newest_live_only_keeps_order_and_controls() -> None:
     kept, dropped = newest_live_only(messages)
     assert dropped == 1
     assert kept == [messages[1], messages[2], eos, messages[4], messages[5]]
+
+
+def test_the_stage_ends_only_once_incidents_acknowledged_the_stop_with_its_count(harness: Harness) -> None:
+    """The detections link ends by acknowledgement, like the frames link: the STOP carries how many
+    detections were sent, and the stage keeps its socket open until incidents confirms."""
+    thread = harness.run_in_thread()
+    for seq in range(3):
+        harness.sender.send_multipart(harness.frame("a", seq, marked=False))
+    harness.end("a", 3)
+    wait_for(lambda: ("eos", {"camera": "a", "frames": 3}) in harness.events)
+    harness.stop()
+    out = harness.collect(acknowledge=False)
+    assert out[-1].detections == 3
+    time.sleep(0.5)
+    assert thread.is_alive(), "no acknowledgement yet: the stage must not close its socket and exit"
+    harness.control.send_multipart(encode_control(EventHeader(stage="incidents", event="stopping", data={"detections": 3})))
+    thread.join(5)
+    assert not thread.is_alive()
+    assert harness.stage.stats()["detections_acknowledged"] == 3
+
+
+def test_an_end_never_acknowledged_fails_the_stage(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import inference
+
+    monkeypatch.setattr(inference, "END_ACK_TIMEOUT_S", 0.5)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            harness.stage.run()
+        except BaseException as exc:  # noqa: BLE001 - what the stage process would report
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    harness.stop()
+    harness.collect(acknowledge=False)
+    thread.join(5)
+    assert not thread.is_alive()
+    assert len(failure) == 1 and "did not acknowledge the end of the detections stream" in str(failure[0])

@@ -46,6 +46,8 @@ def test_replay_writes_incidents_with_media_time_box_and_snapshots(make_settings
     assert report.ok, report
     [result] = report.files
     assert (result.camera, result.frames, result.incidents) == ("replay:lot", CLIP_FRAMES, 2)
+    inference = report.stages["inference"]
+    assert inference["detections_sent"] == inference["detections_acknowledged"] == CLIP_FRAMES, "the end was acknowledged"
     rows = stored(database_url)
     assert len(rows) == 2
     for row, mark in zip(rows, CLIP_MARKS):
