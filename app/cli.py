@@ -20,12 +20,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     status.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     status.set_defaults(func=cmd_status)
 
+    stage = sub.add_parser("stage", help="run one stage on its own (separate units or hosts) on the config's fixed endpoints")
+    stage.add_argument("stage", type=_stage_name, metavar="STAGE",
+                       help="capture, incidents, inference or inference-N (worker N binds transport.frames_port + N)")
+    stage.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="config file (same as the global --config)")
+    stage.set_defaults(func=_cmd_stage)
+
     keys = sub.add_parser("keys", help="CurveZMQ keys for tcp links between hosts")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     generate = ksub.add_parser("generate", help="write NAME.key (public) and NAME.key_secret (0600)")
     generate.add_argument("--dir", type=Path, default=Path("keys"), help="folder for the key files (default ./keys)")
     generate.add_argument("--name", default="scratchwatch", help="file name stem (default scratchwatch)")
     generate.set_defaults(func=cmd_keys_generate)
+
+
+def _stage_name(text: str) -> tuple[str, int]:
+    from app.stages import parse_stage
+
+    try:
+        return parse_stage(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    from app.stages import cmd_stage
+
+    return cmd_stage(args)
 
 
 def register_incident_actions(isub: argparse._SubParsersAction) -> None:

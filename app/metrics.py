@@ -83,6 +83,8 @@ class MetricsExporter(Observer):
             "last": GaugeMetricFamily("scratchwatch_camera_last_frame_timestamp_seconds", "UTC time of the last frame", labels=["camera"]),
         }
         undelivered = self.stage_counters.get("inference", {}).get("undelivered", {})
+        families["closed"] = CounterMetricFamily("scratchwatch_incidents_closed", "Incidents closed", labels=["camera"])
+        counted: set[str] = set()
         for thread in self.supervisor.captures if self.supervisor else []:
             camera, stats = [thread.spec.camera], thread.stats
             families["undelivered"].add_metric(camera, undelivered.get(thread.spec.camera, 0) if isinstance(undelivered, dict) else 0)
@@ -94,8 +96,16 @@ class MetricsExporter(Observer):
             if stats.last_frame_ns:
                 families["last"].add_metric(camera, stats.last_frame_ns / 1e9)
             if result is not None:
+                counted.add(thread.spec.camera)
                 families["analysed"].add_metric(camera, result.frames)
                 families["incidents"].add_metric(camera, result.incidents)
+        incidents = self.stage_counters.get("incidents", {})
+        for key, family in (("frames", "analysed"), ("incidents", "incidents")):  # an incidents stage on its own
+            for camera, count in _per_camera(incidents.get(key)).items():
+                if camera not in counted:
+                    families[family].add_metric([camera], count)
+        for camera, count in _per_camera(incidents.get("closed")).items():
+            families["closed"].add_metric([camera], count)
         yield from families.values()
         yield GaugeMetricFamily("scratchwatch_frames_in_flight", "Frames sent by capture, not yet analysed nor dropped by inference: "
                                 "what is queued between the stages", value=self._in_flight())
@@ -131,12 +141,11 @@ class MetricsExporter(Observer):
 
     def _inference(self) -> Iterator[Metric]:
         data = self.stage_counters.get("inference", {})
-        latency = data.get("latency")
-        if isinstance(latency, dict):
-            histogram = HistogramMetricFamily("scratchwatch_inference_batch_seconds", "Detector time per batch")
-            buckets = [(str(b), float(c)) for b, c in zip(latency["bounds_s"], latency["counts"])]
-            histogram.add_metric([], [*buckets, ("+Inf", float(latency["count"]))], sum_value=latency["sum_s"])
-            yield histogram
+        yield from _histogram("scratchwatch_inference_batch_seconds", "Detector time per batch", data.get("latency"))
+        yield from _histogram("scratchwatch_inference_car_stage_seconds", "Car-stage time per batch (every frame of it)",
+                              data.get("car_latency"))
+        yield from _histogram("scratchwatch_inference_damage_stage_seconds", "Damage-model time per batch (every car crop "
+                              "or whole frame of it)", data.get("damage_latency"))
         for key, help_text in (("frames", "Frames run through the detector (frames / batches: the mean batch size)"),
                                ("batches", "Detector batches run"), ("errors", "Frames the detector failed on")):
             if isinstance(data.get(key), int):
@@ -145,9 +154,18 @@ class MetricsExporter(Observer):
         for key, help_text in (("snapshot_errors", "Snapshots that could not be written"), ("errors", "Messages the incidents stage skipped"),
                                ("snapshots_dropped", "Queued incidents' snapshots deleted to keep the spool within database.spool_max_mb"),
                                ("snapshots_refused", "Snapshots not written: free disk below database.spool_reserve_mb"),
-                               ("snapshots_skipped", "Snapshots not written: the spool file alone past database.spool_max_mb")):
+                               ("snapshots_skipped", "Snapshots not written: the spool file alone past database.spool_max_mb"),
+                               ("late", "Detections tracked out of order after their gap was given up on (separate stages)"),
+                               ("reorder_skipped", "Frames of a file never received by incidents (separate stages)"),
+                               ("link_stops", "STOPs on the detections link ignored (separate stages)")):
             if isinstance(incidents.get(key), int):
                 yield CounterMetricFamily(f"scratchwatch_incidents_{key}", help_text, value=incidents[key])
+        yield from _histogram("scratchwatch_db_write_seconds", "Time of each committed incident write", incidents.get("db_write_latency"))
+        for key, name, help_text in (("spooled", "spool_records", "Incident records in the spool, not yet committed"),
+                                     ("spool_bytes", "spool_bytes", "Size of the spool files"),
+                                     ("spool_oldest_age_s", "spool_oldest_age_seconds", "How long the oldest spooled record has waited")):
+            if isinstance(incidents.get(key), (int, float)):
+                yield GaugeMetricFamily(f"scratchwatch_{name}", help_text, value=incidents[key])
 
     def _retention(self) -> Iterator[Metric]:
         if self.retention is None:
@@ -157,3 +175,17 @@ class MetricsExporter(Observer):
         yield CounterMetricFamily("scratchwatch_retention_snapshots_deleted", "Snapshot files deleted by retention", value=stats.snapshots_deleted)
         yield CounterMetricFamily("scratchwatch_retention_freed_bytes", "Bytes of snapshots deleted by retention", value=stats.bytes_freed)
         yield GaugeMetricFamily("scratchwatch_retention_max_lock_seconds", "Longest write transaction of retention", value=stats.max_lock_ms / 1000)
+
+
+def _histogram(name: str, help_text: str, snapshot: Any) -> Iterator[Metric]:
+    """A stage's ``Histogram.snapshot()`` as a Prometheus histogram (nothing when the stage has none)."""
+    if not isinstance(snapshot, dict):
+        return
+    histogram = HistogramMetricFamily(name, help_text)
+    buckets = [(str(b), float(c)) for b, c in zip(snapshot["bounds_s"], snapshot["counts"])]
+    histogram.add_metric([], [*buckets, ("+Inf", float(snapshot["count"]))], sum_value=snapshot["sum_s"])
+    yield histogram
+
+
+def _per_camera(counts: Any) -> dict[str, int]:
+    return {str(k): v for k, v in counts.items() if isinstance(v, int)} if isinstance(counts, dict) else {}

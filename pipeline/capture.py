@@ -105,6 +105,12 @@ class CaptureThread(threading.Thread):
         self.curve = curve
         self.spec, self.ctx, self.endpoint, self.hwm, self.policy, self.stop = spec, ctx, endpoint, hwm, policy, stop
         self.control = control
+        self.control_curve: CurveKeys | None = None
+        """Curve keys of the control link: set when the end of stream goes to a remote incidents stage
+        (`scratchwatch stage capture`); the supervisor's own control channel is local."""
+        self.linger_ms = 0
+        """How long the frames socket keeps delivering after the end: 0 once acknowledged (the
+        supervisor's inference confirms every frame); a capture stage on its own lingers instead."""
         self.acked = threading.Event()
         """Set by whoever reads inference's acknowledgement (the supervisor): every frame arrived."""
         self.stats = CaptureStats()
@@ -130,7 +136,7 @@ class CaptureThread(threading.Thread):
         finally:
             if not self.abort.is_set():
                 self._end_stream()
-            sock.close(linger=0)  # acknowledged: nothing is left in flight; aborted: nobody listens
+            sock.close(linger=0 if self.abort.is_set() else self.linger_ms)  # acknowledged: nothing is left in flight; aborted: nobody listens
             self.stats.finished = True
 
     def _run_file(self, sock: zmq.Socket) -> None:
@@ -255,8 +261,9 @@ class CaptureThread(threading.Thread):
             captured_ns=self.stats.last_frame_ns,
             media_time_s=media_time,
             shape=image.shape,
+            encoding=self.policy.frame_encoding,
         )
-        return encode_frame(header, image)
+        return encode_frame(header, image, jpeg_quality=self.policy.jpeg_quality)
 
     def _set_state(self, state: str, detail: str = "") -> None:
         """Log transitions only, so a camera that stays down does not flood the log."""
@@ -270,7 +277,7 @@ class CaptureThread(threading.Thread):
         """EOS on the control channel, then wait until inference confirms every frame arrived."""
         eos = EosHeader(camera=self.spec.camera, kind=self.spec.kind, source=self.source_text, error=self.stats.error,
                         frames=self.stats.sent)
-        control = push_socket(self.ctx, self.control, 1)
+        control = push_socket(self.ctx, self.control, 1, curve=self.control_curve)
         control.setsockopt(zmq.SNDTIMEO, EOS_TIMEOUT_MS)
         try:
             send(control, encode_control(eos))

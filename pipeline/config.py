@@ -83,6 +83,20 @@ class CaptureConfig(_Section):
     open_timeout_s: float = Field(
         default=10.0, gt=0, title="Open/read timeout", description="FFmpeg open and read timeout for network sources, seconds."
     )
+    frame_encoding: Literal["raw", "jpeg"] = Field(
+        default="raw",
+        title="Frame encoding on the wire",
+        description="raw: decoded pixels (best on one host: ipc, no encoding cost). jpeg: each frame JPEG-encoded by capture "
+        "and decoded by inference, for capture nodes on other hosts (bench/bench_bandwidth.py: 720p at 5 fps is 110.6 Mbit/s "
+        "raw, a few Mbit/s as JPEG).",
+    )
+    jpeg_quality: int = Field(
+        default=85,
+        ge=1,
+        le=100,
+        title="Wire JPEG quality",
+        description="cv2.IMWRITE_JPEG_QUALITY of frames sent with frame_encoding jpeg: lower saves bandwidth, costs detail.",
+    )
 
 
 Z85_KEY = re.compile(r"^[0-9a-zA-Z.:+=^!/*?&<>()\[\]{}@%$#-]{40}$")
@@ -174,6 +188,25 @@ class TransportConfig(_Section):
         description="A stage that sends no heartbeat for this long is stalled: the run fails, naming it (systemd restarts the service).",
     )
     curve: CurveConfig = Field(default_factory=CurveConfig, title="CurveZMQ", description="Encryption and peer keys of tcp links.")
+    inference_host: str | None = Field(
+        default=None,
+        title="Inference host",
+        description="`scratchwatch stage capture`: the host whose inference workers receive the frames; null: `host`.",
+    )
+    incidents_host: str | None = Field(
+        default=None,
+        title="Incidents host",
+        description="`scratchwatch stage capture|inference`: the host of the incidents stage (detections and ends of "
+        "streams go there); null: `host`.",
+    )
+    inference_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        title="Inference workers",
+        description="Separate stages: worker N (`scratchwatch stage inference-N`) binds frames_port + N; capture spreads "
+        "frames over workers 0..inference_workers-1 (ZeroMQ round-robin, skipping busy or absent workers).",
+    )
 
     @model_validator(mode="after")
     def _curve_across_hosts(self) -> TransportConfig:

@@ -23,7 +23,7 @@ from pipeline.latency import LatencyLog
 from pipeline.logs import RateLimitedLog
 from pipeline.messages import Detections, EosHeader, Message, StopHeader
 from pipeline.snapshots import snapshot_paths, write_snapshots
-from pipeline.stage import EventSender, StageContext, run_stage
+from pipeline.stage import EventSender, Histogram, StageContext, run_stage
 from pipeline.tracker import CameraTracker, Track
 from pipeline.transport import Endpoints, Receiver, pull_socket
 from storage.snapshot_files import SNAPSHOT_FIELDS, SnapshotUnavailable, resolve_snapshot, snapshot_root
@@ -43,6 +43,9 @@ class IncidentsStage:
         self.trackers: dict[str, CameraTracker] = {}
         self.frames: Counter[str] = Counter()
         self.opened: Counter[str] = Counter()
+        self.closed: Counter[str] = Counter()
+        self.db_latency = Histogram()
+        """Seconds per committed database write (the writer's thread reports them through ``on_write``)."""
         self.snapshot_errors = 0
         self.snapshots_skipped = 0
         """Not written: the spool file alone is past database.spool_max_mb."""
@@ -86,6 +89,8 @@ class IncidentsStage:
         return {
             "frames": dict(self.frames),
             "incidents": dict(self.opened),
+            "closed": dict(self.closed),
+            "db_write_latency": self.db_latency.snapshot(),
             "snapshot_errors": self.snapshot_errors,
             "snapshots_skipped": self.snapshots_skipped,
             "snapshots_dropped": self.snapshots_dropped,
@@ -125,6 +130,7 @@ class IncidentsStage:
         for track in tracks:
             wrote = self._snapshots(track)
             self.writer.submit(incident_record(track, closed=True))
+            self.closed[track.best.header.camera] += 1
             if wrote:
                 self._keep_spool_within_limit(newest=str(track.state["uid"]))
 
@@ -293,7 +299,13 @@ def _serve(stage: StageContext) -> dict[str, Any]:
                               statement_timeout_ms=int(settings.database.statement_timeout_s * 1000))
     writer = IncidentWriter(database, spool)
     receiver = Receiver(pull_socket(stage.ctx, stage.endpoints.detections, settings.transport.hwm, curve=stage.endpoints.curve), settings.logging.rate_limit_s, "incidents", stage.events.beat)
-    worker = IncidentsStage(settings, writer, stage.events)
+    if stage.standalone:  # fed by several workers and capture nodes: see pipeline/fanin.py
+        from pipeline.fanin import FanInIncidentsStage
+
+        worker: IncidentsStage = FanInIncidentsStage(settings, writer, stage.events)
+    else:
+        worker = IncidentsStage(settings, writer, stage.events)
+    writer.on_write = worker.db_latency.observe
     stage.events.stats_source = worker.counts
     stage.events.emit("ready", final=True)
     bad = RateLimitedLog(log, settings.logging.rate_limit_s)
@@ -304,7 +316,13 @@ def _serve(stage: StageContext) -> dict[str, Any]:
                 # the acknowledgement the supervisor relays to inference: only then does inference close its socket
                 stage.events.emit("stopping", final=True, detections=worker.received)
                 break
-            if message is None and not stage.parent_alive():
+            if stage.standalone:
+                worker.tick()  # type: ignore[attr-defined]
+                if not stage.parent_alive():
+                    log.info("incidents: stopping; closing open incidents")
+                    worker.finish()  # type: ignore[attr-defined]
+                    break
+            elif message is None and not stage.parent_alive():
                 log.warning("incidents: supervisor gone; closing open incidents and exiting")
                 worker.handle(StopHeader())
                 break

@@ -153,6 +153,8 @@ class InferenceStage:
             "cars": self.cars,
             "damage_inferences": self.inferences,
             "latency": self.latency.snapshot(),
+            **{f"{stage}_latency": getattr(self.detector, f"{stage}_seconds").snapshot()
+               for stage in ("car", "damage") if hasattr(self.detector, f"{stage}_seconds")},
             "foreign_control": self.foreign_control,
             "undelivered": dict(self.undelivered),
             "detections_sent": self.sent,

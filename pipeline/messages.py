@@ -3,7 +3,9 @@
 Every message is multipart; part 0 is a JSON header validated with pydantic, the other parts are
 raw buffers sent and received without copies:
 
-- frame:       ``[header, frame bytes]``                 capture -> inference
+- frame:       ``[header, frame bytes]``                 capture -> inference; the bytes are the
+               raw pixels (``encoding: raw``) or one JPEG (``encoding: jpeg``, capture nodes on other
+               hosts), decoded here to the header's shape, so inference always gets pixels
 - detections:  ``[header, (N, 12) float32 rows, frame?]``  inference -> incidents; a row is a
                damage box then the car it lies on (all -1 without one); the frame travels only
                when N > 0, since only incidents need pixels (for snapshots)
@@ -29,10 +31,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union
 
+import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 SourceKind = Literal["live", "replay"]
+FrameEncoding = Literal["raw", "jpeg"]
 Side = Annotated[int, Field(ge=0)]
 DETECTION_COLUMNS = 12
 """x1 y1 x2 y2 score cls of the damage, then car x1 y1 x2 y2 score track (-1: no car), frame pixels."""
@@ -58,6 +62,7 @@ class FrameHeader(_Header):
     shape: tuple[Side, Side, Side]
     """(height, width, channels); a negative side is malformed (numpy would read it as "infer this axis")."""
     dtype: Literal["uint8"] = "uint8"
+    encoding: FrameEncoding = Field(default="raw", description="payload of the frame message: raw pixels or a JPEG")
 
     @property
     def captured_at(self) -> datetime:
@@ -133,9 +138,15 @@ def now_ns() -> int:
     return time.time_ns()
 
 
-def encode_frame(header: FrameHeader, image: np.ndarray) -> list[Any]:
+def encode_frame(header: FrameHeader, image: np.ndarray, *, jpeg_quality: int = 85) -> list[Any]:
+    """Raw: the pixels, without a copy. JPEG (``header.encoding``): one encoded image at ``jpeg_quality``."""
     if image.shape != header.shape or image.dtype != np.uint8:
         raise ValueError(f"frame {image.shape} {image.dtype} does not match its header {header.shape} uint8")
+    if header.encoding == "jpeg":
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+        if not ok:
+            raise ValueError(f"frame {image.shape}: JPEG encoding failed")
+        return [_dump(header), data]
     return [_dump(header), np.ascontiguousarray(image)]
 
 
@@ -174,6 +185,8 @@ def decode(parts: list[Any]) -> Message:
         raise MalformedMessage(f"bad header: {exc.errors()[0]['msg']} at {exc.errors()[0]['loc']}") from None
     if isinstance(header, FrameHeader):
         _expect_parts(parts, 2, header.type)
+        if header.encoding == "jpeg":
+            return Frame(header, _jpeg(parts[1], header.shape))
         return Frame(header, _array(parts[1], header.shape, np.uint8))
     if isinstance(header, DetectionsHeader):
         _expect_parts(parts, 3 if header.count else 2, header.type)
@@ -200,6 +213,19 @@ def _buffer(part: Any) -> memoryview | bytes:
 def _expect_parts(parts: list[Any], count: int, kind: str) -> None:
     if len(parts) != count:
         raise MalformedMessage(f"{kind} message has {len(parts)} parts, expected {count}")
+
+
+def _jpeg(part: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Decode a JPEG frame; it must decode to exactly the header's shape."""
+    buffer = np.frombuffer(_buffer(part), dtype=np.uint8)
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR if shape[2] == 3 else cv2.IMREAD_UNCHANGED) if buffer.size else None
+    if image is None:
+        raise MalformedMessage(f"frame payload of {buffer.size} bytes is not a decodable JPEG")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.shape != tuple(shape):
+        raise MalformedMessage(f"JPEG decodes to {image.shape}, the header says {tuple(shape)}")
+    return image
 
 
 def _array(part: Any, shape: tuple[int, ...], dtype: type) -> np.ndarray:

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,9 +88,17 @@ class StageContext:
     ctx: zmq.Context
     events: EventSender
     parent_pid: int
+    stop: threading.Event | None = None
+    """A stage started on its own (`scratchwatch stage`, no supervisor): set by its SIGTERM/SIGINT."""
+
+    @property
+    def standalone(self) -> bool:
+        return self.stop is not None
 
     def parent_alive(self) -> bool:
-        """A stage outliving a killed supervisor would hold sockets and the model forever."""
+        """A stage outliving a killed supervisor would hold sockets and the model forever; on its own: until signalled."""
+        if self.stop is not None:
+            return not self.stop.is_set()
         return os.getppid() == self.parent_pid
 
 

@@ -102,6 +102,51 @@ def make_endpoints(settings: Settings, tag: str | None = None) -> Endpoints:
     return Endpoints(*(f"ipc://{run_dir}/{tag}-{name}.sock" for name in ("frames", "detections", "events", "control")))
 
 
+def stage_endpoints(settings: Settings, stage: str, worker: int = 0) -> Endpoints:
+    """Fixed endpoints of a stage started on its own (`scratchwatch stage`), from the config.
+
+    tcp: incidents binds ``host:detections_port``; inference worker N binds ``host:frames_port + N``
+    and connects to ``incidents_host``; capture connects to every worker on ``inference_host``
+    (``worker_frames``) and sends its ends of streams to ``incidents_host``. ipc: the same links as
+    sockets under ``<data_dir>/run`` (one host, separate units). Events and control stay inside the
+    stage's own process (inproc).
+    """
+    transport = settings.transport
+    if transport.kind == "tcp":
+        if not transport.frames_port or not transport.detections_port:
+            raise ConfigError("transport.frames_port and transport.detections_port must be fixed (not 0) "
+                              "for stages started on their own: every node must know them")
+        incidents_host = transport.host if stage == "incidents" else transport.incidents_host or transport.host
+        frames = f"tcp://{transport.host}:{transport.frames_port + worker}"
+        detections = f"tcp://{incidents_host}:{transport.detections_port}"
+    else:
+        run_dir = _stage_run_dir(settings)
+        frames, detections = f"ipc://{run_dir}/stage-frames-{worker}.sock", f"ipc://{run_dir}/stage-detections.sock"
+    curve = CurveKeys.load(transport.curve) if transport.curve.enabled else None
+    tag = f"{os.getpid()}-{stage}-{worker}"
+    return Endpoints(frames=frames, detections=detections, events=f"inproc://events-{tag}", control=f"inproc://control-{tag}",
+                     curve=curve)
+
+
+def worker_frames(settings: Settings) -> tuple[str, ...]:
+    """Where a capture stage started on its own sends frames: every inference worker's endpoint."""
+    transport = settings.transport
+    workers = range(transport.inference_workers)
+    if transport.kind == "tcp":
+        host = transport.inference_host or transport.host
+        return tuple(f"tcp://{host}:{transport.frames_port + n}" for n in workers)
+    run_dir = _stage_run_dir(settings)
+    return tuple(f"ipc://{run_dir}/stage-frames-{n}.sock" for n in workers)
+
+
+def _stage_run_dir(settings: Settings) -> Path:
+    run_dir = settings.data_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if len(str(run_dir)) + 30 > IPC_PATH_MAX:
+        raise ConfigError(f"data_dir {settings.data_dir} is too long a path for ipc sockets: use a shorter one or transport.kind tcp")
+    return run_dir
+
+
 def _tcp(host: str, port: int) -> str:
     """Port 0 means any free port; it is chosen here so every stage knows it before binding."""
     if port == 0:
@@ -120,12 +165,21 @@ def pull_socket(ctx: zmq.Context, endpoint: str, hwm: int, *, bind: bool = True,
     return sock
 
 
-def push_socket(ctx: zmq.Context, endpoint: str, hwm: int, *, bind: bool = False, curve: CurveKeys | None = None) -> zmq.Socket:
+def push_socket(
+    ctx: zmq.Context, endpoint: str | tuple[str, ...], hwm: int, *, bind: bool = False, curve: CurveKeys | None = None
+) -> zmq.Socket:
+    """Several endpoints (inference workers): ZeroMQ hands each message to the next peer in turn that
+    is connected and below its HWM (ZMQ_IMMEDIATE: nothing is queued for a worker that is down)."""
+    endpoints = (endpoint,) if isinstance(endpoint, str) else tuple(endpoint)
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.LINGER, LINGER_MS)
-    _secure(ctx, sock, endpoint, curve, server=bind)
-    sock.bind(endpoint) if bind else sock.connect(endpoint)
+    if len(endpoints) > 1:
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+    for index, address in enumerate(endpoints):
+        if index == 0:
+            _secure(ctx, sock, address, curve, server=bind)
+        sock.bind(address) if bind else sock.connect(address)
     return sock
 
 

@@ -27,6 +27,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from storage.format import dict_to_record, record_to_dict
@@ -97,6 +98,8 @@ class Spool:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(_SCHEMA)
+            if "added" not in {row[1] for row in self._conn.execute("PRAGMA table_info(records)")}:
+                self._conn.execute("ALTER TABLE records ADD COLUMN added REAL")  # spools of earlier versions
         except (OSError, sqlite3.Error) as exc:
             raise SpoolError(f"spool {self.path}: cannot open it ({exc}); make its folder writable") from exc
 
@@ -106,13 +109,15 @@ class Spool:
         """Store the record durably; older pending states of the same incident are replaced."""
         body = json.dumps(record_to_dict(record))
         with self._transaction() as conn:
-            conn.execute(
-                "DELETE FROM records WHERE uid = ? AND target = ? AND owner = ? AND error IS NULL",
-                (record.uid, self.target, self.owner),
-            )
+            pending = (record.uid, self.target, self.owner)
+            # a newer state replaces the pending one but keeps its time: the age says how long the incident waits
+            (added,) = conn.execute(
+                "SELECT min(added) FROM records WHERE uid = ? AND target = ? AND owner = ? AND error IS NULL", pending
+            ).fetchone()
+            conn.execute("DELETE FROM records WHERE uid = ? AND target = ? AND owner = ? AND error IS NULL", pending)
             seq = conn.execute(
-                "INSERT INTO records (uid, target, owner, body) VALUES (?, ?, ?, ?)",
-                (record.uid, self.target, self.owner, body),
+                "INSERT INTO records (uid, target, owner, body, added) VALUES (?, ?, ?, ?, ?)",
+                (*pending, body, added if added is not None else time.time()),
             ).lastrowid
             if record.closed_at is None:
                 conn.execute(
@@ -179,6 +184,14 @@ class Spool:
     def pending(self) -> int:
         """Records of this owner and database not yet committed (quarantined ones excluded)."""
         return self._count("SELECT count(*) FROM records WHERE target = ? AND owner = ? AND error IS NULL")
+
+    def oldest_age_s(self) -> float:
+        """Seconds the oldest pending record of this owner has waited for the database (0 when none)."""
+        with self._lock:
+            (added,) = self._conn.execute(
+                "SELECT min(added) FROM records WHERE target = ? AND owner = ? AND error IS NULL", (self.target, self.owner)
+            ).fetchone()
+        return max(0.0, time.time() - added) if added is not None else 0.0
 
     def quarantined(self) -> int:
         return self._count("SELECT count(*) FROM records WHERE target = ? AND owner = ? AND error IS NOT NULL")

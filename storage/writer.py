@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -140,6 +141,8 @@ class IncidentWriter:
         self._held: list[IncidentRecord] = []
         self._down_since: float | None = None
         self.needs_operator: str | None = None
+        self.on_write: Callable[[float], None] | None = None
+        """Called with the seconds of each successful database write (the incidents stage's histogram)."""
         self._closed = False
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -201,7 +204,8 @@ class IncidentWriter:
     def stats(self) -> dict[str, object]:
         """The counters as the incidents stage reports them in its heartbeats and final event."""
         return {"saved": self.saved, "db_retries": self.retries, "spooled": self.pending,
-                "quarantined": self.quarantined, "needs_operator": self.needs_operator}
+                "quarantined": self.quarantined, "needs_operator": self.needs_operator,
+                "spool_bytes": self.spool.size_bytes(), "spool_oldest_age_s": self.spool.oldest_age_s()}
 
     @property
     def saved(self) -> int:
@@ -254,6 +258,7 @@ class IncidentWriter:
 
     def _save(self, seq: int, record: IncidentRecord) -> bool:
         """One save; False when the database is unavailable (the caller starts the batch over)."""
+        started = time.perf_counter()
         try:
             self._repo.save(record)
         except Exception as exc:  # noqa: BLE001 - classified below, the thread must survive
@@ -266,6 +271,8 @@ class IncidentWriter:
                 self._bump(retries=1)
             self._delay = min(self._delay * 2, self._retry_max_s)
             return False
+        if self.on_write is not None:
+            self.on_write(time.perf_counter() - started)
         self.spool.remove(seq)
         self._note_up()
         self._bump(saved=1)

