@@ -23,6 +23,8 @@ from pipeline.config import DATABASE_URL_ENV, Settings
 
 UNIT_TEMPLATE = Path(__file__).resolve().parent.parent / "systemd" / "scratchwatch.service"
 UNIT_NAME = "scratchwatch.service"
+STAGE_UNIT_TEMPLATE = UNIT_TEMPLATE.with_name("scratchwatch-stage@.service")
+"""One stage on its own (`scratchwatch stage %i`), for sites split over units or hosts: installed beside the main unit."""
 STATE_DIR = Path("/var/lib/scratchwatch")
 LOGS_DIR = Path("/var/log/scratchwatch")
 CONFIG_DIR = Path("/etc/scratchwatch")
@@ -73,11 +75,14 @@ def install(plan: InstallPlan, settings: Settings) -> list[str]:
 
 
 def _write_unit(plan: InstallPlan) -> str:
-    unit = render_unit(UNIT_TEMPLATE.read_text(encoding="utf-8"), plan.user, plan.executable)
-    plan.unit_path.parent.mkdir(parents=True, exist_ok=True)
-    plan.unit_path.write_text(unit, encoding="utf-8")
-    plan.unit_path.chmod(0o644)
-    return f"wrote {plan.unit_path} (ExecStart={plan.executable}, User={plan.user})"
+    written = []
+    for template in (UNIT_TEMPLATE, STAGE_UNIT_TEMPLATE):
+        path = plan.unit_path.with_name(template.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render_unit(template.read_text(encoding="utf-8"), plan.user, plan.executable), encoding="utf-8")
+        path.chmod(0o644)
+        written.append(str(path))
+    return f"wrote {' and '.join(written)} (ExecStart={plan.executable}, User={plan.user})"
 
 
 def _create_user(plan: InstallPlan) -> str:

@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
+import zmq.auth
 from sqlalchemy import select
 
 from app.keys import generate
@@ -169,3 +172,98 @@ def test_three_stage_processes_store_the_supervisors_incidents(tmp_path: Path, b
         codes = {stage.name: stage.stop() for stage in reversed(stages)}
     assert codes == {"capture": 0, "inference": 0, "incidents": 0}, {s.name: s.log() for s in stages}
     assert _incidents(url) == reference
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """The real endpoint's samples, ``name{labels}`` -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def test_many_hosts_two_capture_nodes_two_workers_one_incidents_stage(tmp_path: Path, base_config, two_mark_clip: Path) -> None:
+    cameras = {"a": [{"id": "lot-a", "source": str(two_mark_clip), "fps": None, "realtime": False}],
+               "b": [{"id": "lot-b", "source": str(two_mark_clip), "fps": None, "realtime": False}]}
+    reference = _reference(tmp_path, base_config, cameras["a"] + cameras["b"])  # raw frames, one process
+    assert len(reference) == 4
+    frames_port, _, detections_port, metrics_port, *_ = _free_ports(8)
+    central_public, central_secret, _ = generate(tmp_path / "keys", "central")
+    node_keys = {node: generate(tmp_path / "keys", f"capture-{node}") for node in "ab"}
+    transport = {"kind": "tcp", "host": "127.0.0.1", "frames_port": frames_port, "detections_port": detections_port,
+                 "inference_workers": 2}
+    central = _write_config(
+        tmp_path / "central.yaml", base_config, data_dir=str(tmp_path / "central"),
+        metrics={"enabled": True, "port": metrics_port},
+        transport={**transport, "curve": {"enabled": True, "key_file": str(central_secret),
+                                          "allowed_keys": [keys[2] for keys in node_keys.values()]}},
+    )
+    nodes = {
+        node: _write_config(
+            tmp_path / f"capture-{node}.yaml", base_config, data_dir=str(tmp_path / f"node-{node}"), cameras=cameras[node],
+            capture={"frame_encoding": "jpeg", "jpeg_quality": 95},
+            transport={**transport, "inference_host": "127.0.0.1", "incidents_host": "127.0.0.1",
+                       "curve": {"enabled": True, "key_file": str(node_keys[node][1]),
+                                 "server_key": zmq.auth.load_certificate(central_public)[0].decode()}},
+        )
+        for node in "ab"
+    }
+    url = load_settings(central).database_url
+    incidents, workers = Stage(central, "incidents"), [Stage(central, f"inference-{n}") for n in range(2)]
+    stages = [incidents, *workers]
+    try:
+        incidents.wait_for("incidents stage ready")
+        for worker in workers:
+            worker.wait_for("inference stage ready")
+        captures = [Stage(nodes[node], "capture") for node in "ab"]
+        stages += captures
+        for capture in captures:
+            assert capture.proc.wait(120) == 0, capture.log()
+        _wait_closed(url, len(reference))
+        for camera in ("lot-a", "lot-b"):
+            incidents.wait_for(f"camera {camera} ended after {CLIP_FRAMES} frames", 30)
+        time.sleep(1.5)  # the workers heartbeat their counters once a second
+        per_worker = [_scrape(metrics_port + 2 + n).get("scratchwatch_inference_frames_total", 0) for n in range(2)]
+        central_metrics = _scrape(metrics_port)
+    finally:
+        codes = {stage.name: stage.stop() for stage in reversed(stages)}
+    assert set(codes.values()) == {0}, {s.name: s.log() for s in stages}
+    assert sum(per_worker) == 2 * CLIP_FRAMES and min(per_worker) > 0, f"the workers shared the load: {per_worker}"
+    for camera in ("lot-a", "lot-b"):
+        assert central_metrics[f"scratchwatch_frames_analysed_total{{camera={camera}}}"] == CLIP_FRAMES
+        assert central_metrics[f"scratchwatch_incidents_closed_total{{camera={camera}}}"] == 2
+    assert central_metrics["scratchwatch_incidents_late_total"] == 0, "every frame reached the tracker in order"
+    assert central_metrics["scratchwatch_db_write_seconds_count"] >= 4
+    stored = _incidents(url)
+    # same cameras, first frames, detection counts, closed, with snapshots; JPEG (quality 95) moves scores a little,
+    # so the best frame may be another of the incident's frames, with its box a few pixels away
+    assert [row[:2] + row[8:] for row in stored] == [row[:2] + row[8:] for row in reference]
+    for got, want in zip(stored, reference):
+        assert abs(got[7] - want[7]) <= 0.02 and max(abs(g - w) for g, w in zip(got[3:7], want[3:7])) <= 4, (got, want)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (apt-get install systemd)")
+def test_stage_unit_template_verifies_and_keeps_the_main_units_hardening(tmp_path: Path, capsys) -> None:
+    from app.service import STAGE_UNIT_TEMPLATE, UNIT_TEMPLATE
+    from pipeline.cli import main
+
+    hardening = lambda text: [line for line in text[text.index("# Hardening"):].splitlines() if "=" in line and not line.startswith("#")]  # noqa: E731
+    assert hardening(STAGE_UNIT_TEMPLATE.read_text()) == hardening(UNIT_TEMPLATE.read_text())
+    assert main(["install-service", "--prefix", str(tmp_path / "root"), "--user", "swtest"]) == 0
+    installed = tmp_path / "root/etc/systemd/system/scratchwatch-stage@.service"
+    assert str(installed) in capsys.readouterr().out
+    exec_start = re.search(r"^ExecStart=(.*)$", installed.read_text(), re.M).group(1).split()
+    assert exec_start[1:] == ["stage", "%i"] and os.access(exec_start[0], os.X_OK)
+    instance = tmp_path / "scratchwatch-stage@inference-1.service"  # a template verifies as an instance
+    instance.write_text(installed.read_text())
+    verify = subprocess.run(["systemd-analyze", "verify", str(instance)], capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0, verify.stderr
+    security = subprocess.run(["systemd-analyze", "security", "--offline=true", str(instance)], capture_output=True, text=True, timeout=60)
+    exposure = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", security.stdout + security.stderr).group(1))
+    assert exposure <= 2.0
