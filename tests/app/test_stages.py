@@ -229,7 +229,8 @@ def test_many_hosts_two_capture_nodes_two_workers_one_incidents_stage(tmp_path: 
         for camera in ("lot-a", "lot-b"):
             incidents.wait_for(f"camera {camera} ended after {CLIP_FRAMES} frames", 30)
         time.sleep(1.5)  # the workers heartbeat their counters once a second
-        per_worker = [_scrape(metrics_port + 2 + n).get("scratchwatch_inference_frames_total", 0) for n in range(2)]
+        worker_metrics = [_scrape(metrics_port + 2 + n) for n in range(2)]
+        per_worker = [metrics.get("scratchwatch_inference_frames_total", 0) for metrics in worker_metrics]
         central_metrics = _scrape(metrics_port)
     finally:
         codes = {stage.name: stage.stop() for stage in reversed(stages)}
@@ -240,6 +241,11 @@ def test_many_hosts_two_capture_nodes_two_workers_one_incidents_stage(tmp_path: 
         assert central_metrics[f"scratchwatch_incidents_closed_total{{camera={camera}}}"] == 2
     assert central_metrics["scratchwatch_incidents_late_total"] == 0, "every frame reached the tracker in order"
     assert central_metrics["scratchwatch_db_write_seconds_count"] >= 4
+    assert central_metrics["scratchwatch_spool_records"] == 0 and central_metrics["scratchwatch_spool_oldest_age_seconds"] == 0
+    assert central_metrics["scratchwatch_spool_bytes"] > 0 and central_metrics["scratchwatch_incidents_snapshot_errors_total"] == 0
+    for worker in worker_metrics:  # car stage and damage model timed apart
+        assert worker["scratchwatch_inference_car_stage_seconds_count"] > 0
+        assert worker["scratchwatch_inference_damage_stage_seconds_count"] > 0
     stored = _incidents(url)
     # same cameras, first frames, detection counts, closed, with snapshots; JPEG (quality 95) moves scores a little,
     # so the best frame may be another of the incident's frames, with its box a few pixels away

@@ -104,3 +104,27 @@ def test_size_limit_is_reported(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool.db", URL, max_bytes=1)
     assert spool.over_limit()
     assert not spool_at(tmp_path / "other.db").over_limit()
+
+
+def test_the_oldest_records_age_survives_newer_states_and_old_spools_gain_the_column(tmp_path: Path) -> None:
+    import sqlite3
+    import time
+
+    path = tmp_path / "spool.db"
+    old = sqlite3.connect(path)  # a spool written before records had an `added` column
+    old.execute("CREATE TABLE records (seq INTEGER PRIMARY KEY AUTOINCREMENT, uid TEXT NOT NULL, target TEXT NOT NULL, "
+                "owner INTEGER NOT NULL, body TEXT NOT NULL, error TEXT)")
+    old.commit()
+    old.close()
+    spool = spool_at(path)
+    assert spool.oldest_age_s() == 0.0
+    record = make_record(1)
+    spool.append(record)
+    time.sleep(0.3)
+    spool.append(replace(record, detection_count=9))  # a newer state of the same incident keeps its wait
+    spool.append(make_record(2))
+    assert spool.pending() == 2 and spool.oldest_age_s() >= 0.3
+    for seq, _ in spool.batch():
+        spool.remove(seq)
+    assert spool.oldest_age_s() == 0.0
+    spool.close()
