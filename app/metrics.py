@@ -173,6 +173,8 @@ class MetricsExporter(Observer):
         stats = self.retention.stats
         yield CounterMetricFamily("scratchwatch_retention_incidents_deleted", "Incidents deleted by retention", value=stats.incidents_deleted)
         yield CounterMetricFamily("scratchwatch_retention_snapshots_deleted", "Snapshot files deleted by retention", value=stats.snapshots_deleted)
+        yield CounterMetricFamily("scratchwatch_retention_orphans_deleted", "Snapshot files no incident referenced, deleted",
+                                  value=stats.orphans_deleted)
         yield CounterMetricFamily("scratchwatch_retention_freed_bytes", "Bytes of snapshots deleted by retention", value=stats.bytes_freed)
         yield GaugeMetricFamily("scratchwatch_retention_max_lock_seconds", "Longest write transaction of retention", value=stats.max_lock_ms / 1000)
 

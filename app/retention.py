@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -20,13 +22,14 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Row, and_, delete, event, false, or_, select, update
+from sqlalchemy import Engine, Row, and_, delete, event, false, func, or_, select, true, update
 
 from pipeline.config import RetentionConfig, Settings
 from pipeline.runner import Observer
 from pipeline.snapshots import safe_name
 from storage.db import write_transaction
 from storage.models import Camera, Incident
+from storage.spool import SPOOL_FILENAME
 from storage.snapshot_files import SnapshotUnavailable, resolve_snapshot, snapshot_root
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,8 @@ class RetentionStats:
     passes: int = 0
     incidents_deleted: int = 0
     snapshots_deleted: int = 0
+    orphans_deleted: int = 0
+    """Snapshot files no row referenced (``sweep_orphans``)."""
     bytes_freed: int = 0
     max_lock_ms: float = 0.0
     lock_ms: list[float] = field(default_factory=list, repr=False)
@@ -56,8 +61,12 @@ class RetentionStats:
 class RetentionCleaner:
     """One engine, one snapshot folder, the retention config; ``run_pass`` does one full pass."""
 
-    def __init__(self, engine: Engine, root: Path, config: RetentionConfig, stop: threading.Event | None = None) -> None:
+    def __init__(
+        self, engine: Engine, root: Path, config: RetentionConfig, stop: threading.Event | None = None, spool_path: Path | None = None
+    ) -> None:
         self.engine = engine
+        self.spool_path = spool_path
+        """The incidents stage's spool: files of records not yet in the database are never orphans."""
         self.root = Path(root).resolve()
         self.config = config
         self.stop = stop or threading.Event()
@@ -73,6 +82,10 @@ class RetentionCleaner:
                 self._expire_snapshots(camera, now - timedelta(days=limits.snapshot_max_age_days))
             if limits.max_snapshot_mb is not None:
                 self._trim_to_budget(camera, int(limits.max_snapshot_mb * 1024 * 1024))
+            if limits.max_incidents is not None:
+                self._trim_rows(camera, limits.max_incidents)
+        if self.config.orphan_grace_hours is not None:
+            self.sweep_orphans(now - timedelta(hours=self.config.orphan_grace_hours))
         self._checkpoint()
         self.stats.passes += 1
 
@@ -88,9 +101,75 @@ class RetentionCleaner:
 
     def _expire_incidents(self, camera: str, cutoff: datetime) -> None:
         for rows in self._batches(camera, Incident.opened_at < cutoff):
-            ids = self._write(delete(Incident).where(Incident.id.in_([r.id for r in rows]), Incident.keep == false()))
-            self.stats.incidents_deleted += len(ids)
-            self._remove_files([r for r in rows if r.id in ids])
+            self._delete(rows)
+
+    def _trim_rows(self, camera: str, limit: int) -> None:
+        """The row budget: the camera's oldest unkept incidents go until it holds ``limit`` (kept ones count too)."""
+        with self.engine.connect() as conn:  # an index-only count on (camera_id, opened_at, id): a read, no lock
+            excess = conn.execute(select(func.count()).select_from(Incident).where(Incident.camera_id == camera)).scalar_one() - limit
+        for rows in self._batches(camera, true()):
+            if excess <= 0:
+                return
+            excess -= self._delete(rows[:excess])
+
+    def _delete(self, rows: list[Row[Any]]) -> int:
+        """Delete these incidents unless kept meanwhile, then their files; how many went."""
+        ids = self._write(delete(Incident).where(Incident.id.in_([r.id for r in rows]), Incident.keep == false()))
+        self.stats.incidents_deleted += len(ids)
+        self._remove_files([r for r in rows if r.id in ids])
+        return len(ids)
+
+    def sweep_orphans(self, older_than: datetime) -> None:
+        """Delete snapshot files that no row references, written before ``older_than``, a batch at a time.
+
+        Only names the incidents stage writes are considered: ``<uid>_{frame,crop,car}.jpg`` (checked
+        against the incident with that uid, an indexed lookup per batch, never a scan of the table)
+        and the temporary files of an interrupted write. A uid still in the spool (the database is
+        behind) keeps its files whatever the database says.
+        """
+        cutoff = older_than.timestamp()
+        batch: list[tuple[Path, str | None]] = []
+        for folder in self._day_folders():
+            if self.stop.is_set():
+                return
+            for entry in _scandir(folder):
+                match = ORPHAN_CANDIDATE.match(entry.name)
+                if match and entry.is_file(follow_symlinks=False) and _mtime(entry) < cutoff:
+                    batch.append((Path(entry.path), match.group("uid")))
+                    if len(batch) >= self.config.batch_size:
+                        self._sweep(batch)
+                        batch = []
+                        time.sleep(PAUSE_S)
+            if batch:
+                self._sweep(batch)
+                batch = []
+            try:
+                folder.rmdir()  # a day folder the sweep emptied
+            except OSError:
+                pass
+
+    def _day_folders(self) -> Iterator[Path]:
+        for camera in sorted(_scandir(self.root), key=lambda e: e.name):
+            if camera.is_dir(follow_symlinks=False):
+                yield from (Path(d.path) for d in sorted(_scandir(Path(camera.path)), key=lambda e: e.name) if d.is_dir(follow_symlinks=False))
+
+    def _sweep(self, batch: list[tuple[Path, str | None]]) -> None:
+        uids = sorted({uid for _, uid in batch if uid})
+        referenced: set[str] = set()
+        with self.engine.connect() as conn:
+            for row in conn.execute(select(*(getattr(Incident, c) for c in SNAPSHOT_COLUMNS)).where(Incident.uid.in_(uids))):
+                referenced.update(p for p in row if p)
+        spooled = _spooled_uids(self.spool_path, uids)
+        for path, uid in batch:
+            if uid in spooled or path.relative_to(self.root).as_posix() in referenced:
+                continue
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except OSError:
+                continue
+            self.stats.orphans_deleted += 1
+            self.stats.bytes_freed += size
 
     def _expire_snapshots(self, camera: str, cutoff: datetime) -> None:
         for rows in self._batches(camera, and_(Incident.opened_at < cutoff, _has_snapshot())):
@@ -174,6 +253,43 @@ class RetentionCleaner:
             return 0
 
 
+ORPHAN_CANDIDATE = re.compile(
+    r"^(?:(?P<uid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})_(?:frame|crop|car)\.jpg"
+    r"|\.[^/]+\.jpg\.[^/]+\.tmp)$"
+)
+"""What the incidents stage writes under the snapshot root (pipeline.snapshots): a snapshot, or a temporary file."""
+
+
+def _scandir(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError:
+        return []
+
+
+def _mtime(entry: os.DirEntry[str]) -> float:
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime
+    except OSError:
+        return float("inf")
+
+
+def _spooled_uids(spool_path: Path | None, uids: list[str]) -> set[str]:
+    """Which of ``uids`` the spool still holds (pending or quarantined), read-only."""
+    if spool_path is None or not uids or not spool_path.exists():
+        return set()
+    marks = ",".join("?" * len(uids))
+    try:
+        conn = sqlite3.connect(f"file:{spool_path}?mode=ro", uri=True, timeout=5)
+        try:
+            return {uid for (uid,) in conn.execute(f"SELECT uid FROM records WHERE uid IN ({marks})", uids)}
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return set(uids)  # the spool cannot be read: keep every candidate this time
+
+
 def _has_snapshot() -> Any:
     return or_(*(getattr(Incident, c).is_not(None) for c in SNAPSHOT_COLUMNS))
 
@@ -248,7 +364,8 @@ class RetentionJob(Observer):
             try:
                 if self.cleaner is None:
                     engine = retention_engine(self.settings.database_url)
-                    self.cleaner = RetentionCleaner(engine, snapshot_root(self.settings.data_dir), self.settings.retention, self.stop)
+                    self.cleaner = RetentionCleaner(engine, snapshot_root(self.settings.data_dir), self.settings.retention, self.stop,
+                                                    spool_path=self.settings.data_dir / SPOOL_FILENAME)
                 self._pass()
             except Exception as exc:  # the database may be down: try again next interval
                 log.warning("retention pass failed, retrying in %.0fs: %s", self.settings.retention.interval_s, exc)
@@ -258,9 +375,10 @@ class RetentionJob(Observer):
 
     def _pass(self) -> None:
         assert self.cleaner is not None
-        before = (self.cleaner.stats.incidents_deleted, self.cleaner.stats.snapshots_deleted)
+        stats = self.cleaner.stats
+        before = (stats.incidents_deleted, stats.snapshots_deleted, stats.orphans_deleted)
         self.cleaner.run_pass()
-        after = (self.cleaner.stats.incidents_deleted, self.cleaner.stats.snapshots_deleted)
+        after = (stats.incidents_deleted, stats.snapshots_deleted, stats.orphans_deleted)
         if after != before:
-            log.info("retention: deleted %d incidents and %d snapshot files (longest write lock %.0f ms)",
-                     after[0] - before[0], after[1] - before[1], self.cleaner.stats.max_lock_ms)
+            log.info("retention: deleted %d incidents, %d snapshot files and %d orphaned files (longest write lock %.0f ms)",
+                     after[0] - before[0], after[1] - before[1], after[2] - before[2], stats.max_lock_ms)

@@ -68,9 +68,15 @@ def _observers(settings: Settings, stage: str, worker: int) -> list[Observer]:
     from app.systemd import ServiceWatchdog
 
     observers: list[Observer] = [ServiceWatchdog.from_environment((stage,))]
+    retention = None
+    if stage == "incidents" and settings.retention.enabled:  # the stage that owns the database and the snapshots
+        from app.retention import RetentionJob
+
+        retention = RetentionJob(settings)
+        observers.append(retention)
     if settings.metrics.enabled:
         config = settings.metrics.model_copy(update={"port": metrics_port(settings, stage, worker)})
-        exporter = MetricsExporter(config)
+        exporter = MetricsExporter(config, retention)
         exporter.start()
         observers.append(exporter)
     return observers

@@ -402,6 +402,14 @@ class RetentionLimits(_Section):
         description="Per camera: when its snapshot folder grows beyond this, the oldest snapshots are deleted first "
         "(rows stay). null: no budget.",
     )
+    max_incidents: int | None = Field(
+        default=None,
+        ge=1,
+        title="Incident row budget",
+        description="Per camera: the disk limit of the incident rows, as a count (a row with its indexes takes about 0.5 kB "
+        "on SQLite: 1,000,000 rows ~ 0.5 GB). Beyond it the oldest unkept incidents are deleted with their snapshots. "
+        "null: no limit.",
+    )
 
 
 class RetentionConfig(RetentionLimits):
@@ -414,6 +422,14 @@ class RetentionConfig(RetentionLimits):
         title="Cleanup batch",
         description="Incidents deleted or trimmed per transaction: small batches keep each write lock short "
         "(the incidents writer never waits long).",
+    )
+    orphan_grace_hours: float | None = Field(
+        default=24.0,
+        gt=0,
+        title="Orphaned snapshot grace",
+        description="Snapshot files (<uid>_frame/crop/car.jpg, and temporary files a crash left) that no incident row "
+        "references and no spooled record may still reference, older than this, are deleted by the cleanup "
+        "(in batches of batch_size). null: never.",
     )
     cameras: dict[str, RetentionLimits] = Field(
         default_factory=dict,

@@ -242,3 +242,62 @@ def test_expiry_and_keep_on_sqlite_and_postgresql(database_url: str, tmp_path: P
         assert left == {kept} and cleaner.stats.incidents_deleted == 49
     finally:
         engine.dispose()
+
+
+def test_row_budget_per_camera_deletes_the_oldest_unkept_incidents_with_their_files(engine: Engine, tmp_path: Path) -> None:
+    root = tmp_path / "snapshots"
+    _fill(engine, ["a", "b"], 200, 100)
+    oldest_a = _ids(engine, "a", oldest=True, limit=10)
+    files = _with_snapshots(engine, root, "a", oldest_a)
+    IncidentRepository(engine).set_keep(oldest_a[0], True)
+    config = RetentionConfig(max_age_days=None, snapshot_max_age_days=None, max_incidents=30, batch_size=7,
+                             cameras={"b": {"max_incidents": 60}})
+    cleaner = RetentionCleaner(engine, root, config)
+    cleaner.run_pass(NOW)
+    newest_a, newest_b = _ids(engine, "a", oldest=False, limit=29), _ids(engine, "b", oldest=False, limit=60)
+    with engine.connect() as conn:
+        left = {c: set(conn.execute(select(Incident.id).where(Incident.camera_id == c)).scalars()) for c in ("a", "b")}
+    assert left["a"] == {oldest_a[0], *newest_a}, "the kept incident counts and stays; the newest fill the budget"
+    assert left["b"] == set(newest_b), "the per-camera override"
+    assert cleaner.stats.incidents_deleted == 200 - 30 - 60
+    assert all(p.exists() for p in files[oldest_a[0]]) and not any(p.exists() for i in oldest_a[1:] for p in files[i])
+
+
+def test_orphaned_snapshot_files_are_swept_after_their_grace(engine: Engine, tmp_path: Path) -> None:
+    from storage.spool import Spool
+    from tests.storage.helpers import make_record
+
+    root = tmp_path / "snapshots"
+    _fill(engine, ["cam"], 3, 1)
+    ids = _ids(engine, "cam", oldest=True, limit=3)
+    folder = root / "cam" / "2026-11-25"
+    folder.mkdir(parents=True)
+    with engine.begin() as conn:
+        uids = dict(conn.execute(select(Incident.id, Incident.uid)).all())
+        conn.execute(update(Incident).where(Incident.id == ids[0]).values(snapshot_path=f"cam/2026-11-25/{uids[ids[0]]}_frame.jpg"))
+    spooled = make_record(7)  # on its way to the database: its files are not orphans yet
+    spool = Spool(tmp_path / "spool.db", str(engine.url), max_bytes=10**9)
+    spool.append(spooled)
+    spool.close()
+    names = {
+        "referenced": f"{uids[ids[0]]}_frame.jpg",
+        "row_without_this_file": f"{uids[ids[1]]}_crop.jpg",  # e.g. trimmed by retention, the unlink lost to a crash
+        "no_row": f"{uuid.uuid4()}_car.jpg",
+        "no_row_2": f"{uuid.uuid4()}_frame.jpg",
+        "interrupted_write": f".{uuid.uuid4()}_frame.jpg.k3j2h1.tmp",
+        "spooled": f"{spooled.uid}_frame.jpg",
+        "not_ours": "notes.txt",
+    }
+    old = NOW - timedelta(hours=30)
+    for name in names.values():
+        (folder / name).write_bytes(b"\xff" * 100)
+        os.utime(folder / name, (old.timestamp(), old.timestamp()))
+    young = folder / f"{uuid.uuid4()}_frame.jpg"  # an incident whose row is being written right now
+    young.write_bytes(b"\xff" * 100)
+    os.utime(young, ((NOW - timedelta(hours=1)).timestamp(),) * 2)
+    config = RetentionConfig(max_age_days=None, snapshot_max_age_days=None, orphan_grace_hours=24, batch_size=2)
+    cleaner = RetentionCleaner(engine, root, config, spool_path=tmp_path / "spool.db")
+    cleaner.run_pass(NOW)
+    left = {path.name for path in folder.iterdir()}
+    assert left == {names["referenced"], names["spooled"], names["not_ours"], young.name}
+    assert cleaner.stats.orphans_deleted == 4 and cleaner.stats.bytes_freed == 400
