@@ -10,7 +10,12 @@ endpoint is scraped. After a warm-up (the first quarter, at least 10 s):
 - the backlog (``scratchwatch_frames_in_flight``: sent, neither analysed nor dropped) stays within
   what the sockets' high-water marks can hold;
 - after a clean stop, every incident the incidents stage opened (its final count, logged by
-  `scratchwatch run`) is in the database, once.
+  `scratchwatch run`) is in the database, once;
+- against a reference run (a plain `replay` of the same clip at the same fps): in every loop of the
+  clip that a camera streamed completely, each incident of the reference appears exactly once, at
+  the same place in the loop (within ``PHASE_TOLERANCE_S`` plus a frame), and no other appears.
+  The soak's incidents carry wall-clock times, so the loops are found by aligning them with the
+  reference's media times (the offset that matches the most).
 
 Prints one JSON object; exit 0 only if every check holds.
 
@@ -41,6 +46,8 @@ from pipeline.config import DEFAULT_MODEL
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_RSS_GROWTH = 0.05
+PHASE_TOLERANCE_S = 0.6
+"""Live capture picks frames by wall clock, replay by media time; the stream adds its own delay."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,15 +79,17 @@ def soak(clip: Path, cameras: int, seconds: float, fps: float, model: Path, cars
         config.write_text(yaml.safe_dump({
             "data_dir": str(work / "data"),
             "cameras": [{"id": f"cam{i}", "source": f"tcp://127.0.0.1:{port}", "fps": fps} for i, port in enumerate(ports)],
-            "detector": {"model": str(model.resolve()), "provider": "cpu", **({"cars": {"model": str(cars.resolve())}} if cars else {"car_gate": "off"})},
+            "detector": _detector_section(model, cars),
             "metrics": {"port": metrics_port},
         }))
+        reference = reference_incidents(work, clip, fps, model, cars)
         time.sleep(0.5)  # the servers listen
         daemon = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "--config", str(config), "run"], cwd=REPO,
                                   env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             samples = _sample(daemon, metrics_port, seconds)
         finally:
+            stopped_at = time.time()
             daemon.send_signal(signal.SIGTERM)
             try:
                 logs = daemon.communicate(timeout=120)[1]
@@ -92,7 +101,96 @@ def soak(clip: Path, cameras: int, seconds: float, fps: float, model: Path, cars
                 server.kill()
                 server.wait()
         stored = _stored_incidents(work / "data" / "scratchwatch.db")
-        return _judge(samples, _opened(logs), stored, code, seconds, cameras)
+        report = _judge(samples, _opened(logs), stored, code, seconds, cameras)
+        windows = {f"cam{i}": (_first_analysed(samples, f"cam{i}"), stopped_at) for i in range(cameras)}
+        comparison = compare_with_reference(_opened_times(work / "data" / "scratchwatch.db"), reference, windows, fps)
+        report["reference"] = comparison
+        report["ok"] = report["ok"] and comparison["loops"] > 0 and not (comparison["lost"] or comparison["duplicated"] or comparison["unexpected"])
+        return report
+
+
+def _detector_section(model: Path, cars: Path | None) -> dict[str, Any]:
+    return {"model": str(model.resolve()), "provider": "cpu", **({"cars": {"model": str(cars.resolve())}} if cars else {"car_gate": "off"})}
+
+
+def reference_incidents(work: Path, clip: Path, fps: float, model: Path, cars: Path | None) -> dict[str, Any]:
+    """The reference run: a plain replay of the clip at ``fps`` (media time): its incidents' first times."""
+    import cv2
+
+    from pipeline.config import load_settings
+    from pipeline.runner import replay_files
+
+    config = work / "reference.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(work / "reference"), "replay": {"fps": fps},
+                                      "detector": _detector_section(model, cars)}))
+    report = replay_files(load_settings(config), [clip], progress=False)
+    if not report.ok:
+        raise SystemExit(f"soak: the reference replay failed: {report.problems}")
+    cap = cv2.VideoCapture(str(clip))
+    duration = cap.get(cv2.CAP_PROP_FRAME_COUNT) / (cap.get(cv2.CAP_PROP_FPS) or 25.0)
+    cap.release()
+    with sqlite3.connect(work / "reference" / "scratchwatch.db") as conn:
+        starts = sorted(t for (t,) in conn.execute("SELECT first_media_time_s FROM incidents"))
+    return {"duration_s": duration, "starts_s": starts}
+
+
+def compare_with_reference(opened: dict[str, list[float]], reference: dict[str, Any], windows: dict[str, tuple[float, float]],
+                           fps: float) -> dict[str, Any]:
+    """Per camera, match the soak's incidents (wall-clock opening times) to the reference's, loop by loop.
+
+    Loop k of a camera starts at ``base + k * duration``; ``base`` is the alignment (soak time minus
+    a reference start) under which most incidents match. Only loops wholly inside the camera's
+    window (first analysed frame .. stop) count: a reference incident with no match there is lost,
+    one matched twice duplicated, a soak incident there that matches none unexpected.
+    """
+    duration, starts = reference["duration_s"], reference["starts_s"]
+    tolerance = PHASE_TOLERANCE_S + 1 / fps
+    result: dict[str, Any] = {"reference_per_loop": len(starts), "loops": 0, "lost": [], "duplicated": [], "unexpected": []}
+    for camera, (first, last) in windows.items():
+        times = sorted(opened.get(camera, []))
+
+        def place(t: float, base: float) -> tuple[int, int] | None:
+            for j, start in enumerate(starts):
+                k = round((t - base - start) / duration)
+                if abs(t - (base + k * duration + start)) <= tolerance:
+                    return k, j
+            return None
+
+        candidates = [t - start for t in times for start in starts] or [first]
+        base = max(candidates, key=lambda b: sum(place(t, b) is not None for t in times))
+        full = [k for k in range(-1, int((last - base) / duration) + 2) if base + k * duration >= first and base + (k + 1) * duration <= last]
+        result["loops"] += len(full)
+        seen: dict[tuple[int, int], int] = {}
+        for t in times:
+            where = place(t, base)
+            if where is None:
+                if any(base + k * duration <= t < base + (k + 1) * duration for k in full):
+                    result["unexpected"].append({"camera": camera, "at": round(t - base, 2)})
+            elif where[0] in full:
+                seen[where] = seen.get(where, 0) + 1
+        for k in full:
+            for j in range(len(starts)):
+                count = seen.get((k, j), 0)
+                if count != 1:
+                    result["lost" if count == 0 else "duplicated"].append({"camera": camera, "loop": k, "at_s": starts[j], "count": count})
+    return result
+
+
+def _first_analysed(samples: list[dict[str, Any]], camera: str) -> float:
+    """Wall time of the first sample in which the camera had frames analysed (its stream runs)."""
+    key = f'scratchwatch_frames_analysed_total{{camera="{camera}"}}'
+    return next((s["wall"] for s in samples if s["metrics"].get(key, 0) > 0), float("inf"))
+
+
+def _opened_times(db: Path) -> dict[str, list[float]]:
+    from datetime import datetime, timezone
+
+    opened: dict[str, list[float]] = {}
+    with sqlite3.connect(db) as conn:
+        for camera, text in conn.execute("SELECT camera_id, opened_at FROM incidents"):
+            when = datetime.fromisoformat(str(text))
+            opened.setdefault(camera, []).append((when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp())
+    return opened
 
 
 def _serve(ffmpeg: str, clip: Path, port: int) -> subprocess.Popen:
@@ -111,7 +209,7 @@ def _sample(daemon: subprocess.Popen, metrics_port: int, seconds: float) -> list
         if metrics is None:
             continue  # still loading the model
         pids = _tree(daemon.pid)
-        samples.append({"t": time.monotonic() - start, "rss_kb": sum(_rss_kb(p) for p in pids),
+        samples.append({"t": time.monotonic() - start, "wall": time.time(), "rss_kb": sum(_rss_kb(p) for p in pids),
                         "fds": sum(_fds(p) for p in pids), "processes": len(pids), "metrics": metrics})
     return samples
 
