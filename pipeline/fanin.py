@@ -44,7 +44,7 @@ class FanInIncidentsStage(IncidentsStage):
         self.waiting: dict[str, dict[int, Detections]] = {}
         self.next_seq: dict[str, int] = {}
         self.gap_since: dict[str, float] = {}
-        self.received: Counter[str] = Counter()
+        self.arrived: Counter[str] = Counter()
         self.last_seen: dict[str, float] = {}
         self.pending_eos: dict[str, EosHeader] = {}
         self.late = self.skipped = self.link_stops = 0
@@ -53,7 +53,7 @@ class FanInIncidentsStage(IncidentsStage):
         now = time.monotonic()
         if isinstance(message, Detections):
             camera = message.header.camera
-            self.received[camera] += 1
+            self.arrived[camera] += 1
             self.last_seen[camera] = now
             if message.header.kind != "replay":
                 super().handle(message)
@@ -80,8 +80,8 @@ class FanInIncidentsStage(IncidentsStage):
             if now - since > REORDER_WAIT_S or len(self.waiting.get(camera, ())) > REORDER_MAX:
                 self._skip_gap(camera, now)
         for camera, eos in list(self.pending_eos.items()):
-            arrived = self.received[camera] >= (eos.frames or 0) and not self.waiting.get(camera)
-            if arrived or now - self.last_seen.get(camera, now) > EOS_WAIT_S:
+            complete = self.arrived[camera] >= (eos.frames or 0) and not self.waiting.get(camera)
+            if complete or now - self.last_seen.get(camera, now) > EOS_WAIT_S:
                 self._end(camera, eos, now)
 
     def finish(self) -> None:
@@ -125,13 +125,13 @@ class FanInIncidentsStage(IncidentsStage):
     def _end(self, camera: str, eos: EosHeader, now: float) -> None:
         while self.waiting.get(camera):
             self._skip_gap(camera, now)
-        missing = (eos.frames or 0) - self.received[camera]
+        missing = (eos.frames or 0) - self.arrived[camera]
         if missing > 0:
             eos = eos.model_copy(update={"error": eos.error or f"{missing} of {eos.frames} frames never arrived"})
-            log.warning("incidents: camera %s ended with %d of %d frames analysed", camera, self.received[camera], eos.frames)
+            log.warning("incidents: camera %s ended with %d of %d frames analysed", camera, self.arrived[camera], eos.frames)
         else:
-            log.info("incidents: camera %s ended after %d frames", camera, self.received[camera])
+            log.info("incidents: camera %s ended after %d frames", camera, self.arrived[camera])
         del self.pending_eos[camera]
-        for table in (self.waiting, self.next_seq, self.gap_since, self.received, self.last_seen):
+        for table in (self.waiting, self.next_seq, self.gap_since, self.arrived, self.last_seen):
             table.pop(camera, None)  # a stream that starts again starts at seq 0
         super().handle(eos)

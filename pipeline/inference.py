@@ -26,7 +26,7 @@ from pipeline.detector import is_device_failure
 from pipeline.logs import RateLimitedLog
 from pipeline.messages import EosHeader, EventHeader, Frame, Message, StopHeader, encode_control, encode_detections
 from pipeline.stage import Histogram, StageContext, run_stage
-from pipeline.transport import Endpoints, Receiver, pull_socket, push_socket, send, send_within
+from pipeline.transport import LINGER_MS, Endpoints, Receiver, pull_socket, push_socket, send, send_within
 
 log = logging.getLogger(__name__)
 POLL_MS = 200
@@ -98,6 +98,9 @@ class InferenceStage:
         self.acknowledged: int | None = None
         """How many of them incidents says it received, once it acknowledged the STOP."""
         self.stop_sent_at: float | None = None
+        self.await_end_ack = True
+        """False for a worker on its own (`scratchwatch stage`): its incidents stage has no way back to it,
+        and the socket's linger delivers what is left."""
         self.failures_in_a_row = 0
         self.latency = Histogram()
         """Seconds per ``detector.detect`` call (one batch)."""
@@ -254,7 +257,7 @@ class InferenceStage:
             if not send_within(self.out, encode_control(stop), END_ACK_TIMEOUT_S):
                 raise EndNotAcknowledgedError(f"the incidents stage did not take the STOP within {END_ACK_TIMEOUT_S:.0f} s")
             self.stop_sent_at = time.monotonic()
-        return self.stop_sent_at is not None and self._end_acknowledged()
+        return self.stop_sent_at is not None and (not self.await_end_ack or self._end_acknowledged())
 
     def _end_acknowledged(self) -> bool:
         """True once incidents confirmed the STOP; an error once it failed to for END_ACK_TIMEOUT_S."""
@@ -297,6 +300,7 @@ def _serve(stage: StageContext) -> dict[str, Any]:
         "inference ready: %s on %s, input %s, car gate %s%s", damage.name, damage.providers[0], damage.imgsz, config.car_gate,
         f" ({detector.cars.name})" if detector.cars else "",
     )
+    worker.await_end_ack = not stage.standalone
     worker.run(stage.parent_alive)
-    detections_out.close(linger=0)  # incidents acknowledged the STOP: nothing is left in flight
+    detections_out.close(linger=0 if worker.await_end_ack else LINGER_MS)  # acknowledged: nothing is left in flight
     return worker.stats()
