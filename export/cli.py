@@ -118,6 +118,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     h.add_argument("--out", type=Path, help="default: MODEL-fp16.onnx next to MODEL (what detector.precision: fp16 runs)")
     h.set_defaults(func=_reported(_cmd_fp16))
 
+    u = subparsers.add_parser("u8", help="copy of an ONNX model taking the letterboxed bytes (uint8 input, /255 in the graph, on the GPU)")
+    u.add_argument("model", type=Path, help="the float-input ONNX model (fp32, or its -fp16 copy)")
+    u.add_argument("--out", type=Path, help="default: MODEL-u8.onnx next to MODEL (what detector.input_type: uint8 runs)")
+    u.set_defaults(func=_reported(_cmd_u8))
+
     v = subparsers.add_parser("evaluate", help="score an ONNX model through the pipeline's detector code")
     v.add_argument("model", type=Path)
     v.add_argument("data", type=Path, help="a dataset folder built by `scratchwatch dataset build`")
@@ -139,11 +144,12 @@ def _reported(command):
         from export.dataset import DatasetError
         from export.fp16 import Fp16Error
         from export.quantize import QuantizeError
+        from export.uint8_input import Uint8InputError
         from export.weights import WeightsError
 
         try:
             return command(args)
-        except (DatasetError, WeightsError, QuantizeError, Fp16Error, FileNotFoundError) as exc:
+        except (DatasetError, WeightsError, QuantizeError, Fp16Error, Uint8InputError, FileNotFoundError) as exc:
             print(f"scratchwatch {args.command}: {exc}", file=sys.stderr)
             return 1
 
@@ -271,6 +277,15 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     print(f"wrote {out}: {recipe['format']}, {'per-channel' if recipe['per_channel'] else 'per-tensor'} int8 weights, "
           f"calibrated ({recipe['calibration']}) on {recipe['calibration_images']} images of {recipe['calibration_data']}; "
           f"use it with detector.model: {out}")
+    return 0
+
+
+def _cmd_u8(args: argparse.Namespace) -> int:
+    from export.uint8_input import convert_uint8_input
+
+    recipe = convert_uint8_input(args.model, args.out)
+    print(f"wrote {recipe['out']}: uint8 input (RGB bytes, divided by 255 in the graph); raw output vs {args.model} on the "
+          f"CPU within {recipe['max_raw_diff']:.3g}; use it with detector.input_type: uint8")
     return 0
 
 

@@ -265,11 +265,11 @@ def build_detector(
         "workers": config.preprocess_workers, "io_binding": config.io_binding, "max_batch": config.max_batch,
         "cache_dir": data_dir / TENSORRT_CACHE if data_dir is not None else None,
     }
-    damage = Detector(model_file(config.model, config.precision), config.provider, threshold, config.iou_threshold, config.threads, **runtime)
+    damage = Detector(model_file(config.model, config.precision, config.input_type), config.provider, threshold, config.iou_threshold, config.threads, **runtime)
     damage.head_layout()  # a model whose output fits no head fails now, naming the file, not on the first frame
     cars = None
     if gate != "off":
-        car_config = config.cars.model_copy(update={"model": model_file(config.cars.model, config.precision)})
+        car_config = config.cars.model_copy(update={"model": model_file(config.cars.model, config.precision, config.input_type)})
         cars = CarDetector(car_config, config.provider, config.threads, **runtime)
     sizes = range(1, config.max_batch + 1)
     for model in (damage, cars.detector if cars else None):
@@ -281,10 +281,21 @@ def build_detector(
     )
 
 
-def model_file(path: Path, precision: str) -> Path:
-    """The file the configured precision runs; a missing fp16 copy is a clear error naming the command."""
-    variant = model_variant(path, precision)
+def model_file(path: Path, precision: str, input_type: str = "float32") -> Path:
+    """The file the configured precision and input type run; a missing copy is a clear error naming the command."""
+    variant = model_variant(path, precision, input_type)
     if variant != path and not variant.is_file():
-        raise FileNotFoundError(f"detector model {variant} not found: detector.precision is fp16; "
-                                f"write it with `scratchwatch fp16 {path}`")
+        raise FileNotFoundError(f"detector model {variant} not found: detector.precision is {precision}, "
+                                f"detector.input_type is {input_type}; write it with {_copy_commands(path, precision, input_type)}")
     return variant
+
+
+def _copy_commands(path: Path, precision: str, input_type: str) -> str:
+    """The command(s) that write the copy ``model_variant`` names."""
+    commands, source = [], path
+    if precision == "fp16" and model_variant(path, "fp16") != path:
+        commands.append(f"`scratchwatch fp16 {path}`")
+        source = model_variant(path, "fp16")
+    if input_type == "uint8" and model_variant(source, "fp32", "uint8") != source:
+        commands.append(f"`scratchwatch u8 {source}`")
+    return " then ".join(commands)

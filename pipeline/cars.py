@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import CarStageConfig
-from pipeline.detector import Detector, ModelMismatchError, decode_batch
+from pipeline.detector import Detector, ModelMismatchError, decode_batch, suppress
 
 VEHICLE_CLASSES = ("car", "truck", "bus", "motorcycle")
 NOT_VEHICLES = ("person",)
@@ -55,13 +55,27 @@ class CarDetector:
         if not frames:
             return []
         batch, letterboxes = self.detector.preprocess(frames)
-        raw = self.detector.run(batch)
-        rows = np.stack([self.score_rows(image_raw) for image_raw in raw])
-        found = decode_batch(rows, self.config.conf_threshold, self.config.iou_threshold)
+        found = self.decode(self.detector.run(batch))
         return [self._size_prior(box.to_frame(dets)[:, :CAR_COLUMNS], box.width, box.height) for box, dets in zip(letterboxes, found)]
 
+    def decode(self, raw: np.ndarray) -> list[np.ndarray]:
+        """The batch's raw output -> per image (M, 6) car boxes in network pixels after threshold and NMS.
+
+        A classic head is filtered by objectness (column 4) first, vectorised over the batch; only
+        the rows left get the class work of ``score_rows`` (the best of 80 classes for the person
+        rule, or the vehicle classes). Exact: every car score is objectness, 0, or objectness x a
+        class probability in [0, 1], never above the objectness. The size prior stays after NMS,
+        on the few boxes kept (a small box may still suppress a larger one, as before)."""
+        threshold, iou = self.config.conf_threshold, self.config.iou_threshold
+        if not self.classic:
+            return decode_batch(np.stack([self.score_rows(image_raw) for image_raw in raw]), threshold, iou)
+        image, anchor = np.nonzero(raw[:, :, 4] >= threshold)
+        rows = self.score_rows(raw[image, anchor])
+        keep = rows[:, 4] >= threshold
+        return suppress(rows[keep, :4], rows[keep, 4], np.zeros(int(keep.sum()), np.int64), image[keep], len(raw), iou)
+
     def score_rows(self, raw: np.ndarray) -> np.ndarray:
-        """One image's raw output -> (N, 5) rows of cx cy w h car-score."""
+        """One image's raw output (or any of its rows, classic head) -> (N, 5) rows of cx cy w h car-score."""
         rows = raw if self.classic else raw.T
         classes = rows[:, 5:] if self.classic else rows[:, 4:]
         if self.config.scoring == "objectness":

@@ -27,6 +27,7 @@ TRAINING_COMMANDS = {
     "car-model": "export the car stage: COCO YOLOv5n with its classic head, all 349 tensors",
     "quantize": "int8 copy of an ONNX model for CPUs (static, calibrated on the val split)",
     "fp16": "half-precision copy of an ONNX model for GPUs (float32 inputs and outputs kept)",
+    "u8": "copy of an ONNX model taking the letterboxed bytes (uint8 input, /255 in the graph, on the GPU)",
 }
 """The training extra's commands (export/cli.py), listed here so that `run`, `replay` and `--help`
 never import the training package: it is loaded only when one of these is the command."""

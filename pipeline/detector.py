@@ -47,8 +47,13 @@ PROVIDER_REQUESTS = {
     "auto": [CUDA, CPU],  # TensorRT only when configured: a first engine build takes minutes
 }
 PRECISIONS = ("fp32", "fp16")
-MAX_PREPROCESS_WORKERS = 4
-"""Default letterbox threads: min(this, cores). More rarely pays: the GPU is then the limit."""
+INPUT_TYPES = ("float32", "uint8")
+"""What the model's input takes: float32 RGB in [0, 1], or the letterboxed bytes (its ``-u8`` copy,
+``scratchwatch u8 MODEL``, divides by 255 inside the graph, on the device)."""
+MAX_PREPROCESS_WORKERS = 8
+"""Default letterbox threads: min(this, cores). On a 16-core H200 host 4 threads took ~9 ms for 16
+1080p frames, as long as the GPU run itself; past 8 the GPU is the limit (bench/bench_gpu.py's
+``workers`` rows)."""
 DEVICE_FAILURE = re.compile(
     r"CUDA|cuda|CUBLAS|cublas|CUDNN|cudnn|TensorRT|out of memory|Failed to allocate memory|BFCArena|device-side",
 )
@@ -68,19 +73,26 @@ def is_device_failure(exc: BaseException) -> bool:
     return type(exc).__module__.startswith("onnxruntime") and bool(DEVICE_FAILURE.search(str(exc)))
 
 
-def model_variant(path: str | Path, precision: str) -> Path:
-    """The file a precision runs: the model itself (fp32), or its ``-fp16`` copy next to it
-    (``scratchwatch fp16 MODEL`` writes it)."""
+def model_variant(path: str | Path, precision: str, input_type: str = "float32") -> Path:
+    """The file a precision and input type run: the model itself (fp32, float32), its ``-fp16`` copy
+    (``scratchwatch fp16 MODEL``), its ``-u8`` copy (``scratchwatch u8 MODEL``), or ``-fp16-u8``
+    (``scratchwatch u8 MODEL-fp16.onnx``), next to it. A name already carrying a suffix keeps it."""
     path = Path(path)
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {PRECISIONS}")
-    if precision == "fp32" or path.stem.endswith("-fp16"):
-        return path
-    return path.with_name(f"{path.stem}-fp16{path.suffix}")
+    if input_type not in INPUT_TYPES:
+        raise ValueError(f"unknown input type {input_type!r}: use one of {INPUT_TYPES}")
+    stem = path.stem
+    u8 = stem.endswith("-u8")
+    stem = stem[:-3] if u8 else stem
+    fp16 = stem.endswith("-fp16")
+    stem = stem[:-5] if fp16 else stem
+    fp16, u8 = fp16 or precision == "fp16", u8 or input_type == "uint8"
+    return path.with_name(f"{stem}{'-fp16' if fp16 else ''}{'-u8' if u8 else ''}{path.suffix}")
 
 
 def preprocess_workers(requested: int | None) -> int:
-    """Letterbox threads: as configured, else min(MAX_PREPROCESS_WORKERS, cores)."""
+    """Letterbox threads: as configured, else min(MAX_PREPROCESS_WORKERS, cores) (8 on a GPU host)."""
     if requested:
         return requested
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -122,7 +134,7 @@ class Detector:
         max_batch: int = 1,
         cache_dir: Path | None = None,
     ) -> None:
-        """``workers``: letterbox threads (None: min(4, cores)); ``io_binding``: on CUDA/TensorRT the
+        """``workers``: letterbox threads (None: min(8, cores)); ``io_binding``: on CUDA/TensorRT the
         batch goes to a device buffer once per run (the CPU path never binds); ``max_batch``: the
         largest batch, TensorRT's profile; ``cache_dir``: TensorRT's engine and timing caches."""
         self.model_path = Path(model_path)
@@ -138,6 +150,8 @@ class Detector:
         model_input = self.session.get_inputs()[0]
         self.input_name: str = model_input.name
         self.batch_dynamic = not isinstance(model_input.shape[0], int)
+        self.input_dtype: type = np.uint8 if model_input.type == "tensor(uint8)" else np.float32
+        """uint8: the model's ``-u8`` copy normalises in the graph; the letterbox writes bytes, 4x fewer to copy."""
         metadata = self.session.get_modelmeta().custom_metadata_map
         try:
             self.imgsz: tuple[int, int] = _imgsz(metadata, model_input.shape)
@@ -163,10 +177,11 @@ class Detector:
         return [box.to_frame(dets) for box, dets in zip(letterboxes, self.decode(self.run(batch)))]
 
     def preprocess(self, frames: list[np.ndarray]) -> tuple[np.ndarray, list[Letterbox]]:
-        """BGR uint8 frames -> (B, 3, H, W) float32 RGB in [0, 1], and how each was fitted;
-        a batch is letterboxed by ``workers`` threads, each frame into its slice of the batch."""
+        """BGR uint8 frames -> (B, 3, H, W) RGB, float32 in [0, 1] (uint8 0-255 for a ``-u8`` model),
+        and how each was fitted; a batch is letterboxed by ``workers`` threads, each frame into its
+        slice of the batch."""
         height, width = self.imgsz
-        batch = np.empty((len(frames), 3, height, width), dtype=np.float32)
+        batch = np.empty((len(frames), 3, height, width), dtype=self.input_dtype)
         if len(frames) == 1 or self.workers == 1:
             return batch, [letterbox_into(frame, batch[i]) for i, frame in enumerate(frames)]
         if self._pool is None:
@@ -190,14 +205,14 @@ class Detector:
         started = time.perf_counter()
         height, width = self.imgsz
         for size in batch_sizes:
-            self.run(np.zeros((size, 3, height, width), dtype=np.float32))
+            self.run(np.zeros((size, 3, height, width), dtype=self.input_dtype))
         return time.perf_counter() - started
 
     def head_layout(self) -> str:
         """'classic' or 'ultralytics', from one blank frame's output; a model fitting neither fails here,
         at start, naming the file (this run also warms the session up)."""
         height, width = self.imgsz
-        raw = self.run(np.zeros((1, 3, height, width), dtype=np.float32))
+        raw = self.run(np.zeros((1, 3, height, width), dtype=self.input_dtype))
         nc = len(self.names)
         if raw.ndim == 3 and raw.shape[2] == 5 + nc:
             return "classic"
@@ -209,8 +224,12 @@ class Detector:
         )
 
     def decode(self, raw: np.ndarray) -> list[np.ndarray]:
-        """Raw head output -> per image (N, 6) boxes in network pixels after threshold and NMS."""
-        return decode_batch(to_rows(raw, len(self.names)), self.conf_threshold, self.iou_threshold)
+        """Raw head output -> per image (N, 6) boxes in network pixels after threshold and NMS.
+        A classic head is filtered by objectness first (``decode_classic``)."""
+        nc = len(self.names)
+        if raw.ndim == 3 and not _is_ultralytics_layout(raw.shape, nc):
+            return decode_classic(raw, self.conf_threshold, self.iou_threshold)
+        return decode_batch(to_rows(raw, nc), self.conf_threshold, self.iou_threshold)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -230,11 +249,13 @@ class DeviceBinding:
         self.output_name = session.get_outputs()[0].name
         self._bound: dict[tuple[int, ...], tuple[Any, Any]] = {}
 
+        self.input_dtype: type = np.uint8 if session.get_inputs()[0].type == "tensor(uint8)" else np.float32
+
     def run(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
         bound = self._bound.get(batch.shape)
         if bound is None:
-            value = ort.OrtValue.ortvalue_from_shape_and_type(list(batch.shape), np.float32, self.device, self.device_id)
+            value = ort.OrtValue.ortvalue_from_shape_and_type(list(batch.shape), self.input_dtype, self.device, self.device_id)
             binding = self.session.io_binding()
             binding.bind_ortvalue_input(self.input_name, value)
             binding.bind_output(self.output_name, self.device, self.device_id)
@@ -251,7 +272,8 @@ class DeviceBinding:
 
 
 def letterbox_into(frame: np.ndarray, out: np.ndarray) -> Letterbox:
-    """Resize ``frame`` keeping its aspect, pad with grey, write CHW RGB / 255 into ``out``.
+    """Resize ``frame`` keeping its aspect, pad with grey, write CHW RGB / 255 into a float ``out``,
+    or the CHW RGB bytes themselves into a uint8 ``out`` (a ``-u8`` model divides in its graph).
 
     Every step is OpenCV or a numpy ufunc, which release the GIL: frames of a batch run in parallel."""
     _, height, width = out.shape
@@ -264,7 +286,10 @@ def letterbox_into(frame: np.ndarray, out: np.ndarray) -> Letterbox:
         resized, top, height - new_h - top, left, width - new_w - left, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3
     )
     for channel, plane in enumerate(cv2.split(canvas)[::-1]):  # BGR -> RGB planes, contiguous
-        np.multiply(plane, np.float32(1 / 255), out=out[channel], casting="unsafe")
+        if out.dtype == np.uint8:
+            np.copyto(out[channel], plane)
+        else:
+            np.multiply(plane, np.float32(1 / 255), out=out[channel], casting="unsafe")
     return Letterbox(scale=scale, left=left, top=top, width=frame_w, height=frame_h)
 
 
@@ -294,29 +319,49 @@ def decode_batch(rows: np.ndarray, conf_threshold: float, iou_threshold: float) 
     The batch is thresholded in one vectorised pass; NMS is OpenCV's compiled routine, one call per
     image (one call for the whole batch compares every box with every other image's too, which
     measured 7x slower at 300 candidates an image), never a Python loop over boxes."""
-    dets, image = _batch_candidates(rows, conf_threshold)
-    parts = np.split(dets, np.searchsorted(image, np.arange(1, len(rows))))
-    return [part[nms_keep(part, iou_threshold)] if len(part) > 1 else part for part in parts]
-
-
-def _batch_candidates(rows: np.ndarray, conf_threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(B, N, 4 + nc) rows -> (M, 6) candidates of the whole batch, grouped by image, best first
-    within each and capped at MAX_NMS_CANDIDATES per image, with the (M,) image index of each."""
-    scores = rows[:, :, 4:]
-    if scores.shape[2] == 1:  # one class (the damage model, the car stage's scores)
-        cls, conf = np.zeros(scores.shape[:2], np.int64), scores[:, :, 0]
-    else:
-        cls = scores.argmax(axis=2)
-        conf = np.take_along_axis(scores, cls[..., None], axis=2)[..., 0]
+    cls, conf = best_class(rows[:, :, 4:])
     image, anchor = np.nonzero(conf >= conf_threshold)
-    order = np.lexsort((-conf[image, anchor], image))  # stable: equal scores keep anchor order
-    image, anchor = image[order], anchor[order]
+    return suppress(rows[image, anchor, :4], conf[image, anchor], cls[image, anchor], image, len(rows), iou_threshold)
+
+
+def decode_classic(raw: np.ndarray, conf_threshold: float, iou_threshold: float) -> list[np.ndarray]:
+    """A classic head's (B, N, 5 + nc) output -> what ``decode_batch(to_rows(raw))`` gives, faster:
+    rows are filtered by objectness (column 4) first, in one vectorised pass, and only the
+    survivors get the objectness x class products and the best class over the nc columns.
+
+    Exact because a YOLO head's objectness and class probabilities are sigmoids in [0, 1]: then
+    objectness x p <= objectness in float32 too, so a row under the threshold by objectness is
+    under it for every class. (On the COCO car model at 1080p that leaves a few hundred of 170,352
+    rows a batch of 16: 108 ms of decode on an H200 host became ~1 ms.)"""
+    image, anchor = np.nonzero(raw[:, :, 4] >= conf_threshold)
+    picked = raw[image, anchor]
+    cls, conf = best_class(picked[:, 4:5] * picked[:, 5:])
+    keep = conf >= conf_threshold
+    return suppress(picked[keep, :4], conf[keep], cls[keep], image[keep], len(raw), iou_threshold)
+
+
+def best_class(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(..., nc) per-class confidences -> the best class of each row and its confidence."""
+    if scores.shape[-1] == 1:  # one class (the damage model, the car stage's scores)
+        return np.zeros(scores.shape[:-1], np.int64), scores[..., 0]
+    cls = scores.argmax(axis=-1)
+    return cls, np.take_along_axis(scores, cls[..., None], axis=-1)[..., 0]
+
+
+def suppress(cxcywh: np.ndarray, conf: np.ndarray, cls: np.ndarray, image: np.ndarray, batch_size: int,
+             iou_threshold: float) -> list[np.ndarray]:
+    """Candidates over the threshold, in (image, anchor) order -> per image (M, 6) xyxy score cls:
+    best first within each image (equal scores keep anchor order), capped at MAX_NMS_CANDIDATES per
+    image, then per-class NMS, one compiled call per image."""
+    order = np.lexsort((-conf, image))  # stable: equal scores keep anchor order
+    image = image[order]
     rank = np.arange(len(image)) - np.searchsorted(image, image)
-    image, anchor = image[rank < MAX_NMS_CANDIDATES], anchor[rank < MAX_NMS_CANDIDATES]
-    cx, cy, w, h = (rows[image, anchor, i] for i in range(4))
-    score = conf[image, anchor]
-    out = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, score, cls[image, anchor]], axis=1)
-    return out.astype(np.float32, copy=False).reshape(-1, 6), image
+    order, image = order[rank < MAX_NMS_CANDIDATES], image[rank < MAX_NMS_CANDIDATES]
+    cx, cy, w, h = (cxcywh[order, i] for i in range(4))
+    dets = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, conf[order], cls[order]], axis=1)
+    dets = dets.astype(np.float32, copy=False).reshape(-1, 6)
+    parts = np.split(dets, np.searchsorted(image, np.arange(1, batch_size)))
+    return [part[nms_keep(part, iou_threshold)] if len(part) > 1 else part for part in parts]
 
 
 def nms_keep(dets: np.ndarray, iou_threshold: float) -> np.ndarray:

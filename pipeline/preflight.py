@@ -70,16 +70,20 @@ def check_model(path: Path) -> None:
 
 
 def check_precision(settings: Settings) -> None:
-    """detector.precision fp16 runs each model's -fp16 copy: a missing one is named with the command that writes it."""
+    """detector.precision fp16 runs each model's -fp16 copy, detector.input_type uint8 its -u8 copy: a missing
+    one is named with the command(s) that write it."""
+    from pipeline.car_gate import _copy_commands
     from pipeline.detector import model_variant
 
     detector = settings.detector
     models = [detector.model] + ([detector.cars.model] if detector.car_gate != "off" else [])
     for model in models:
-        variant = model_variant(model, detector.precision)
+        variant = model_variant(model, detector.precision, detector.input_type)
         if not variant.is_file():
-            raise BadInput(f"detector model {variant}: not found — detector.precision is {detector.precision}: "
-                           f"write it with `scratchwatch fp16 {model}` or set detector.precision: fp32")
+            raise BadInput(f"detector model {variant}: not found — detector.precision is {detector.precision}, "
+                           f"detector.input_type is {detector.input_type}: write it with "
+                           f"{_copy_commands(model, detector.precision, detector.input_type)} "
+                           "or set detector.precision: fp32 and detector.input_type: float32")
 
 
 def check_database_url(url: str) -> None:

@@ -38,10 +38,19 @@ def test_the_gpu_bench_runs_end_to_end_on_the_cpu_quickly_with_a_small_import_se
     assert "raw ONNX Runtime: damage fp32" in done.stderr, "progress lines"
 
     result = json.loads(out.read_text())
-    assert set(result["raw"]) == {"damage_fp32", "damage_fp16", "cars_fp32", "cars_fp16"}
+    assert set(result["raw"]) == {"damage_fp32", "damage_fp16", "cars_fp32", "cars_fp16", "damage_fp32_u8", "damage_fp16_u8",
+                                  "cars_fp32_u8"}
     assert set(result["raw"]["damage_fp32"]) == {"1", "2"} and result["raw"]["damage_fp32"]["2"]["host_fps"] > 0
-    assert result["detector"]["damage_fp16_unbound_b2"]["provider"] == "CPUExecutionProvider"
-    assert result["ratio_batch"] == 2 and result["ratio"]["damage_fp32"]["ratio"] > 0
+    assert result["u8_conversion"]["damage_fp16"] == {"max_raw_diff": 0.0}
+    detector = result["detector"]
+    assert detector["damage_fp16_unbound_b2"]["provider"] == "CPUExecutionProvider"
+    assert detector["damage_fp32_u8_unbound_b2"]["input"] == "uint8" and detector["damage_fp32_unbound_b2"]["input"] == "float32"
+    assert detector["damage_fp32_u8_unbound_w2_b2"]["workers"] == 2, "a larger letterbox pool is tried"
+    assert result["ratio_batch"] == 2
+    ratio = result["ratio"]["damage_fp32"]
+    assert ratio["ratio"] > 0 and ratio["raw_host_fps"] == result["raw"]["damage_fp32"]["2"]["host_fps"], "against the float model"
+    assert ratio["ratio_vs_raw_u8"] > 0 and ratio["detector_row"] in detector
+    assert set(result["section_s"]) == {"copies", "raw", "detector", "parity", "cpu_decode"}
     assert "skipped" in result["parity"]
     assert result["cpu_decode"]["jpeg_fps_per_core"] > 0 and result["cpu_decode"]["video_frames"] >= 2
     streams = result["streams"]

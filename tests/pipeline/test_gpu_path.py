@@ -100,7 +100,7 @@ def test_parallel_letterbox_equals_one_thread(red_model: Path) -> None:
     np.testing.assert_array_equal(a, b)
     assert boxes_a == boxes_b
     assert threaded._pool is not None and threaded._pool._max_workers == 3
-    assert preprocess_workers(None) == min(4, len(__import__("os").sched_getaffinity(0)))
+    assert preprocess_workers(None) == min(8, len(__import__("os").sched_getaffinity(0)))
 
 
 def test_batched_decode_equals_each_image_decoded_alone() -> None:
