@@ -3,7 +3,7 @@
     python3 bench/bench_gpu.py --out gpu.json                      # on the GPU machine (~1 min on an H200)
     python3 bench/bench_gpu.py --quick --provider cpu --out x.json # the same code path on a CPU, in seconds
 
-With the shipped damage model (480 px) and car model (416 px), fp32 and their fp16 copies
+With the shipped damage model (480 px) and car model (384 px), fp32 and their fp16 copies
 (``export.fp16``), each also with a uint8 input (``export.uint8_input``, ``_u8``: the batch
 crosses to the GPU as bytes and is divided by 255 in the graph), all made in a temporary folder:
 
@@ -46,7 +46,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DAMAGE_MODEL = REPO / "models/scratchwatch-v2-yolov5n-480.onnx"
-CAR_MODEL = REPO / "models/scratchwatch-cars-yolov5n-coco-416.onnx"
+CAR_MODEL = REPO / "models/scratchwatch-cars-yolov5n-coco-384.onnx"
 CLIP = REPO / "demo/intel_car-detection.mp4"
 FULL_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 U8_BATCHES = (1, 16)

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--fps", type=float, default=5.0, help="analysed frames per second per camera")
     parser.add_argument("--model", type=Path, default=REPO / DEFAULT_MODEL)
-    parser.add_argument("--cars", type=Path, default=REPO / "models/scratchwatch-cars-yolov5n-coco-416.onnx",
+    parser.add_argument("--cars", type=Path, default=REPO / "models/scratchwatch-cars-yolov5n-coco-384.onnx",
                         help="car-stage model; --no-cars runs the damage model on whole frames")
     parser.add_argument("--no-cars", dest="cars", action="store_const", const=None)
     args = parser.parse_args(argv)

@@ -217,7 +217,7 @@ class TransportConfig(_Section):
 
 
 DEFAULT_MODEL = Path("models/scratchwatch-v2-yolov5n-480.onnx")  # the shipped damage model, relative to the repo
-DEFAULT_CAR_MODEL = Path("models/scratchwatch-cars-yolov5n-coco-416.onnx")  # the shipped car stage
+DEFAULT_CAR_MODEL = Path("models/scratchwatch-cars-yolov5n-coco-384.onnx")  # the shipped car stage
 CarGate = Literal["strict", "photo", "off"]
 
 

@@ -282,7 +282,7 @@ def test_the_pipeline_runs_under_memory_deny_write_execute(tmp_path: Path, two_m
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"),
                                       "detector": {"model": str(repo / "models/scratchwatch-yolov5n-480.onnx"), "provider": "cpu",
-                                                   "cars": {"model": str(repo / "models/scratchwatch-cars-yolov5n-coco-416.onnx")}}}))
+                                                   "cars": {"model": str(repo / "models/scratchwatch-cars-yolov5n-coco-384.onnx")}}}))
     result = subprocess.run([sys.executable, "-c", MDWE_RUNNER, "--config", str(config), "replay", "--no-progress", str(two_mark_clip)],
                             capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(repo)})
     if result.returncode == 77:
