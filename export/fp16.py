@@ -14,12 +14,12 @@ generated input (the GPU figures are ``bench/bench_gpu.py``'s).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
+from export.onnx_export import save_variant
 from pipeline.detector import model_variant, to_rows
 
 log = logging.getLogger(__name__)
@@ -48,26 +48,14 @@ def convert_fp16(model: Path, out: Path | None = None) -> dict:
     except Exception as exc:
         raise Fp16Error(f"model {model}: not an ONNX model ({exc})") from None
     half = convert_float_to_float16(proto, keep_io_types=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.stem}.staging.onnx")  # `out` is replaced only by a finished file
-    try:
-        onnx.save(half, str(staging))
-        recipe = {
-            "source_model": model.name,
-            "source_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
-            "tool": "onnxruntime.transformers.float16.convert_float_to_float16",
-            "keep_io_types": True,
-            **raw_parity(model, staging),
-        }
-        props = {p.key: p.value for p in half.metadata_props}
-        props[PRECISION_KEY] = json.dumps(recipe)
-        del half.metadata_props[:]
-        for key, value in props.items():
-            half.metadata_props.add(key=key, value=value)
-        onnx.save(half, str(staging))
-        staging.replace(out)
-    finally:
-        staging.unlink(missing_ok=True)
+    source_sha256 = hashlib.sha256(model.read_bytes()).hexdigest()
+    recipe = save_variant(half, out, PRECISION_KEY, lambda saved: {
+        "source_model": model.name,
+        "source_sha256": source_sha256,
+        "tool": "onnxruntime.transformers.float16.convert_float_to_float16",
+        "keep_io_types": True,
+        **raw_parity(model, saved),
+    })
     log.info("wrote %s (fp16 copy of %s): max box diff %.3g px, max score diff %.3g on the CPU",
              out, model, recipe["max_box_diff_px"], recipe["max_score_diff"])
     return {"out": str(out), **recipe}

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,12 +75,34 @@ def set_metadata(model_path: Path, values: dict[str, object]) -> None:
     import onnx
 
     model = onnx.load(str(model_path))
+    _put_metadata(model, values)
+    onnx.save(model, str(model_path))
+
+
+def _put_metadata(model, values: dict[str, object]) -> None:
     props = {p.key: p.value for p in model.metadata_props}
     props.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()})
     del model.metadata_props[:]
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(model_path))
+
+
+def save_variant(proto, out: Path, key: str, recipe: Callable[[Path], dict]) -> dict:
+    """Save a derived copy of a model (fp16, uint8 input) with ``recipe(saved file)`` in its metadata
+    under ``key``; ``out`` is replaced only by a finished file. Returns the recipe."""
+    import onnx
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.stem}.staging.onnx")
+    try:
+        onnx.save(proto, str(staging))
+        made = recipe(staging)
+        _put_metadata(proto, {key: made})
+        onnx.save(proto, str(staging))
+        staging.replace(out)
+    finally:
+        staging.unlink(missing_ok=True)
+    return made
 
 
 def trained_imgsz(checkpoint: Path) -> int:

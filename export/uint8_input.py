@@ -12,12 +12,12 @@ and the CPU's letterbox skips its float conversion. The arithmetic is the letter
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
+from export.onnx_export import save_variant
 from pipeline.detector import model_variant
 
 log = logging.getLogger(__name__)
@@ -99,22 +99,12 @@ def convert_uint8_input(model: Path, out: Path | None = None) -> dict:
         u8 = with_uint8_input(proto)
     except Uint8InputError as exc:
         raise Uint8InputError(f"model {model}: {exc}") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.stem}.staging.onnx")  # `out` is replaced only by a finished file
-    try:
-        onnx.save(u8, str(staging))
-        recipe = {"source_model": model.name, "source_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
-                  "input": f"{U8_INPUT}: uint8 RGB 0-255, Cast(float) x float32(1/255) in the graph",
-                  **raw_parity(model, staging)}
-        props = {p.key: p.value for p in u8.metadata_props}
-        props[INPUT_KEY] = json.dumps(recipe)
-        del u8.metadata_props[:]
-        for key, value in props.items():
-            u8.metadata_props.add(key=key, value=value)
-        onnx.save(u8, str(staging))
-        staging.replace(out)
-    finally:
-        staging.unlink(missing_ok=True)
+    source_sha256 = hashlib.sha256(model.read_bytes()).hexdigest()
+    recipe = save_variant(u8, out, INPUT_KEY, lambda saved: {
+        "source_model": model.name, "source_sha256": source_sha256,
+        "input": f"{U8_INPUT}: uint8 RGB 0-255, Cast(float) x float32(1/255) in the graph",
+        **raw_parity(model, saved),
+    })
     log.info("wrote %s (uint8-input copy of %s): max raw output diff %.3g on the CPU", out, model, recipe["max_raw_diff"])
     return {"out": str(out), **recipe}
 
