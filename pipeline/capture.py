@@ -31,6 +31,7 @@ import zmq
 
 from pipeline.backoff import Backoff
 from pipeline.config import CameraConfig, CaptureConfig, is_live_source
+from pipeline.copies import capture_copies
 from pipeline.logs import RateLimitedLog, setup_logging
 from pipeline.messages import EosHeader, FrameHeader, SourceKind, encode_control, encode_frame, now_ns
 from pipeline.transport import CurveKeys, push_socket, send, send_until
@@ -81,6 +82,8 @@ class CaptureStats:
     last_frame_ns: int | None = None
     """UTC time of the last frame read for sending (sent or dropped): the camera is delivering."""
     expected: int | None = None
+    copies: int = 0
+    """Pixel copies made sending frames (``pipeline.copies.capture_copies``): 0 for real camera frames."""
     state: str = "starting"
     error: str | None = None
     finished: bool = False
@@ -263,6 +266,8 @@ class CaptureThread(threading.Thread):
             shape=image.shape,
             encoding=self.policy.frame_encoding,
         )
+        if header.encoding == "raw":  # a JPEG is an encoding of the pixels, not a copy of them
+            self.stats.copies += capture_copies(image)
         return encode_frame(header, image, jpeg_quality=self.policy.jpeg_quality)
 
     def _set_state(self, state: str, detail: str = "") -> None:
@@ -299,7 +304,7 @@ class CaptureThread(threading.Thread):
         log.debug("camera %s: end of stream acknowledged after %d frames", self.spec.camera, self.stats.sent)
 
 
-_SHARED_FIELDS = ("sent", "dropped", "reconnects", "state")
+_SHARED_FIELDS = ("sent", "dropped", "reconnects", "copies", "state")
 _STATES = ("starting", "connected", "unreachable", "lost")
 
 

@@ -319,6 +319,21 @@ class DetectorConfig(_Section):
     max_batch: int = Field(
         default=4, ge=1, title="Largest batch", description="Frames (or car crops) run together by one model call, up to this many."
     )
+    batch_frames: int | None = Field(
+        default=None,
+        ge=1,
+        title="Frames per stage batch",
+        description="Frames, from any cameras, the inference stage gathers into one batch (model calls within it still "
+        "take at most max_batch inputs); null: max_batch.",
+    )
+    batch_wait_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=1000,
+        title="Batch fill wait (ms)",
+        description="How long the oldest waiting frame may wait for its batch to fill before the batch runs anyway; "
+        "0: run whatever has arrived at once (frames still batch when they queue behind a busy detector).",
+    )
     car_gate: CarGate = Field(
         default="strict",
         title="Car gate",

@@ -30,6 +30,8 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from pipeline.copies import COPIES
+
 log = logging.getLogger(__name__)
 PAD_VALUE = 114
 """Letterbox grey, as ultralytics pads during training."""
@@ -275,22 +277,43 @@ def letterbox_into(frame: np.ndarray, out: np.ndarray) -> Letterbox:
     """Resize ``frame`` keeping its aspect, pad with grey, write CHW RGB / 255 into a float ``out``,
     or the CHW RGB bytes themselves into a uint8 ``out`` (a ``-u8`` model divides in its graph).
 
-    Every step is OpenCV or a numpy ufunc, which release the GIL: frames of a batch run in parallel."""
+    No intermediate canvas: the resized image (or the frame itself, at the network size) is
+    converted straight into its window of ``out`` and only the borders are filled with grey,
+    so the pixels are written twice at most (resize, tensor; counted in ``pipeline.copies``).
+    Every step is OpenCV or a numpy ufunc, which release the GIL: frames of a batch run in parallel.
+    """
     _, height, width = out.shape
     frame_h, frame_w = frame.shape[:2]
     scale = min(height / frame_h, width / frame_w)
     new_w, new_h = round(frame_w * scale), round(frame_h * scale)
     left, top = round((width - new_w) / 2 - 0.1), round((height - new_h) / 2 - 0.1)
-    resized = frame if (new_w, new_h) == (frame_w, frame_h) else cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    canvas = cv2.copyMakeBorder(
-        resized, top, height - new_h - top, left, width - new_w - left, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3
-    )
-    for channel, plane in enumerate(cv2.split(canvas)[::-1]):  # BGR -> RGB planes, contiguous
-        if out.dtype == np.uint8:
-            np.copyto(out[channel], plane)
-        else:
-            np.multiply(plane, np.float32(1 / 255), out=out[channel], casting="unsafe")
+    if (new_w, new_h) == (frame_w, frame_h):
+        resized = frame
+    else:
+        resized = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        COPIES.note("resize")
+    rgb_chw, window = resized[:, :, ::-1].transpose(2, 0, 1), out[:, top : top + new_h, left : left + new_w]
+    if out.dtype == np.uint8:
+        _fill_border(out, top, left, new_h, new_w, PAD_VALUE)
+        np.copyto(window, rgb_chw)
+    else:
+        _fill_border(out, top, left, new_h, new_w, _PAD)
+        np.multiply(rgb_chw, _SCALE, out=window, casting="unsafe")
+    COPIES.note("tensor")
     return Letterbox(scale=scale, left=left, top=top, width=frame_w, height=frame_h)
+
+
+_SCALE = np.float32(1 / 255)
+_PAD = np.float32(PAD_VALUE) * _SCALE
+"""The grey of the padding as the model sees it (the same float32 the old uint8 canvas gave)."""
+
+
+def _fill_border(out: np.ndarray, top: int, left: int, inner_h: int, inner_w: int, grey: Any) -> None:
+    """``grey`` everywhere in ``out`` (C, H, W) but the image window."""
+    out[:, :top] = grey
+    out[:, top + inner_h :] = grey
+    out[:, top : top + inner_h, :left] = grey
+    out[:, top : top + inner_h, left + inner_w :] = grey
 
 
 def to_rows(raw: np.ndarray, num_classes: int) -> np.ndarray:

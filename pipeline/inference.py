@@ -2,7 +2,9 @@
 
 Whatever is waiting is drained at once: live cameras keep only their newest frame (an older
 one would only add latency), replay frames are all kept, and frames from several cameras run
-as one batch. EOS and STOP come from the supervisor on the control channel, never on the frames
+as one batch. With ``batch_wait_ms`` > 0 the stage gathers frames, from any cameras, until a
+batch of ``batch_frames`` is full or its oldest frame has waited that long (a camera's frames are
+never held back behind its EOS or a STOP). EOS and STOP come from the supervisor on the control channel, never on the frames
 socket: an EOS carries how many frames its source sent and is acknowledged (and forwarded to
 incidents, in order after that source's detections) once all of them arrived, so no frame of a
 file is lost to a socket closing early. The detections link ends the same way: the STOP inference
@@ -14,6 +16,7 @@ socket and exit. The frames Receiver carries the heartbeat.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,6 +25,7 @@ from typing import Any
 import zmq
 
 from pipeline.car_gate import CarGatedDetector, build_detector
+from pipeline.copies import COPIES, is_view
 from pipeline.detector import is_device_failure
 from pipeline.logs import RateLimitedLog
 from pipeline.messages import EosHeader, EventHeader, Frame, Message, StopHeader, encode_control, encode_detections
@@ -57,16 +61,19 @@ def newest_live_only(messages: list[Message]) -> tuple[list[Message], int]:
 
     Replay frames and control messages always stay, in order. Returns (kept, dropped count).
     """
+    stale = _stale_live(messages)
+    return [m for i, m in enumerate(messages) if i not in stale], len(stale)
+
+
+def _stale_live(messages: list[Message]) -> set[int]:
+    """Indices of live frames that have a newer frame of the same camera in ``messages``."""
     newest: dict[str, int] = {}
     for index, message in enumerate(messages):
         if isinstance(message, Frame) and message.header.kind == "live":
             newest[message.header.camera] = index
-    kept = [
-        m
-        for i, m in enumerate(messages)
-        if not (isinstance(m, Frame) and m.header.kind == "live" and newest[m.header.camera] != i)
-    ]
-    return kept, len(messages) - len(kept)
+    return {
+        i for i, m in enumerate(messages) if isinstance(m, Frame) and m.header.kind == "live" and newest[m.header.camera] != i
+    }
 
 
 class InferenceStage:
@@ -83,12 +90,18 @@ class InferenceStage:
         control: Receiver,
         notify: Callable[..., None] | None = None,
         live_send_timeout_s: float = 1.0,
+        batch_wait_ms: float = 0.0,
     ) -> None:
         self.detector = detector
         self.receiver = receiver
         self.control = control
         self.out = out
         self.max_batch = max_batch
+        """Frames per batch, gathered across cameras."""
+        self.batch_wait_s = batch_wait_ms / 1000
+        """How long the oldest waiting frame may wait for its batch to fill; 0: no wait."""
+        self.pending: list[tuple[float, Frame]] = []
+        """Frames waiting for their batch, with their arrival (monotonic s), oldest first."""
         self.notify = notify
         """``EventSender.emit``: EOS acknowledgements to the supervisor."""
         self.frames = self.batches = self.dropped = self.errors = self.foreign_control = 0
@@ -104,6 +117,8 @@ class InferenceStage:
         self.failures_in_a_row = 0
         self.latency = Histogram()
         """Seconds per ``detector.detect`` call (one batch)."""
+        self.batch_wait = Histogram()
+        """Seconds each batch's oldest frame waited in the stage before the batch ran."""
         self.received: Counter[str] = Counter()
         self.live_send_timeout_s = live_send_timeout_s
         self.undelivered: Counter[str] = Counter()
@@ -119,32 +134,55 @@ class InferenceStage:
         poller.register(self.receiver.sock, zmq.POLLIN)
         poller.register(self.control.sock, zmq.POLLIN)
         while True:
-            poller.poll(POLL_MS)
+            poller.poll(self._poll_ms())
             for message in self.control.drain(0, DRAIN_LIMIT):
                 self._control(message)
             messages = self.receiver.drain(0, DRAIN_LIMIT)
             self.handle(messages)
             if self._settle():
                 return
-            if not messages and not keep_going():
+            if not messages and not self.pending and not keep_going():
                 log.warning("inference: supervisor gone, exiting")
                 return
 
     def handle(self, messages: list[Message]) -> None:
-        """Process one drained round of the frames socket."""
-        frames: list[Message] = []
+        """Process one drained round of the frames socket: queue its frames, run the batches that are due."""
+        arrived = time.monotonic()
         for message in messages:
             if isinstance(message, Frame):
                 self.received[message.header.camera] += 1
-                frames.append(message)
+                if not is_view(message.image):  # a JPEG frame is decoded into pixels of its own
+                    COPIES.note("jpeg_decode" if message.header.encoding == "jpeg" else "receive")
+                self.pending.append((arrived, message))
             else:  # only the supervisor's control channel may end a stream
                 self.foreign_control += 1
                 self._log.warning("foreign", "inference: ignored a %s message on the frames socket (%d so far)",
                                   type(message).__name__, self.foreign_control)
-        kept, dropped = newest_live_only(frames)
-        self.dropped += dropped
-        for start in range(0, len(kept), self.max_batch):
-            self._infer(kept[start : start + self.max_batch])  # type: ignore[arg-type]
+        stale = _stale_live([frame for _, frame in self.pending])
+        if stale:
+            self.pending = [entry for i, entry in enumerate(self.pending) if i not in stale]
+            self.dropped += len(stale)
+        self._run_due()
+
+    def _run_due(self) -> None:
+        """Run full batches; a partial one once its oldest frame waited ``batch_wait_s``, or at once
+        when a frame in it belongs to a source that ended (its EOS must follow its detections)."""
+        flush = self.stopping or self.batch_wait_s <= 0 or any(f.header.camera in self.pending_eos for _, f in self.pending)
+        while self.pending:
+            waited = time.monotonic() - self.pending[0][0]
+            if len(self.pending) < self.max_batch and not flush and waited < self.batch_wait_s:
+                return
+            batch = [frame for _, frame in self.pending[: self.max_batch]]
+            del self.pending[: self.max_batch]
+            self.batch_wait.observe(waited)
+            self._infer(batch)
+
+    def _poll_ms(self) -> int:
+        """Wake when the oldest waiting frame is due, else poll as usual."""
+        if not self.pending or self.batch_wait_s <= 0:
+            return POLL_MS
+        due_s = self.pending[0][0] + self.batch_wait_s - time.monotonic()
+        return max(0, min(POLL_MS, math.ceil(due_s * 1000)))
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -158,10 +196,12 @@ class InferenceStage:
             "latency": self.latency.snapshot(),
             **{f"{stage}_latency": getattr(self.detector, f"{stage}_seconds").snapshot()
                for stage in ("car", "damage") if hasattr(self.detector, f"{stage}_seconds")},
+            "batch_wait": self.batch_wait.snapshot(),
             "foreign_control": self.foreign_control,
             "undelivered": dict(self.undelivered),
             "detections_sent": self.sent,
             "detections_acknowledged": self.acknowledged,
+            "frame_copies": COPIES.snapshot(self.frames),
         }
 
     def _infer(self, batch: list[Frame]) -> None:
@@ -288,8 +328,9 @@ def _serve(stage: StageContext) -> dict[str, Any]:
     rate_limit_s = stage.settings.logging.rate_limit_s
     receiver = Receiver(frames_in, rate_limit_s, "inference", stage.events.beat)
     control = Receiver(pull_socket(stage.ctx, stage.endpoints.control, hwm), rate_limit_s, "inference control")
-    worker = InferenceStage(detector, receiver, detections_out, config.max_batch, rate_limit_s, control=control,
-                            notify=stage.events.emit, live_send_timeout_s=stage.settings.transport.live_send_timeout_s)
+    worker = InferenceStage(detector, receiver, detections_out, config.batch_frames or config.max_batch, rate_limit_s, control=control,
+                            notify=stage.events.emit, live_send_timeout_s=stage.settings.transport.live_send_timeout_s,
+                            batch_wait_ms=config.batch_wait_ms)
     stage.events.stats_source = worker.stats
     stage.events.emit(
         "ready", final=True, providers=damage.providers, model=str(damage.model_path), imgsz=list(damage.imgsz),

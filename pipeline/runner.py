@@ -59,6 +59,8 @@ class SourceResult:
     expected: int | None = None
     sent: int = 0
     """Frames capture sent: every one of a file must be analysed."""
+    copies: int = 0
+    """Pixel copies capture made sending them (``pipeline.copies``)."""
     lossless: bool = True
     """Files are; live cameras drop frames by design."""
     error: str | None = None
@@ -368,6 +370,7 @@ class Supervisor:
             result = self.results[thread.spec.camera]
             result.expected = thread.stats.expected
             result.sent = thread.stats.sent
+            result.copies = thread.stats.copies
             result.error = thread.stats.error
 
     def _supervise(self) -> None:
