@@ -31,7 +31,7 @@ class Harness:
     over ipc.
     """
 
-    def __init__(self, tmp: Path, model: Path, car_model: Path, hwm: int = 100) -> None:
+    def __init__(self, tmp: Path, model: Path, car_model: Path, hwm: int = 100, batch_wait_ms: float = 0.0) -> None:
         self.ctx = zmq.Context()
         frames, control = f"inproc://frames-{id(self)}", f"inproc://control-{id(self)}"
         self.frames_in = pull_socket(self.ctx, frames, hwm)
@@ -46,6 +46,7 @@ class Harness:
         self.stage = InferenceStage(
             detector, Receiver(self.frames_in, 0.0, "test"), out, max_batch=4,
             control=Receiver(control_in, 0.0, "test control"), notify=lambda event, final=False, **data: self.events.append((event, data)),
+            batch_wait_ms=batch_wait_ms,
         )
 
     def end(self, camera: str, frames: int, kind: str = "replay") -> None:
@@ -244,3 +245,75 @@ def test_an_end_never_acknowledged_fails_the_stage(harness: Harness, monkeypatch
     thread.join(5)
     assert not thread.is_alive()
     assert len(failure) == 1 and "did not acknowledge the end of the detections stream" in str(failure[0])
+
+
+@pytest.fixture
+def waiting(tmp_path: Path, red_model: Path, car_model: Path, request: pytest.FixtureRequest) -> Iterator[Harness]:
+    """A harness whose stage waits ``request.param`` ms for a batch to fill."""
+    h = Harness(tmp_path, red_model, car_model, batch_wait_ms=request.param)
+    yield h
+    h.close()
+
+
+def outputs(harness: Harness, count: int, timeout_s: float = 20) -> list[tuple[float, object]]:
+    """The next ``count`` messages out of the stage, each with the monotonic time it was read."""
+    out: list[tuple[float, object]] = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < count:
+        assert time.monotonic() < deadline, f"got {len(out)} of {count} messages"
+        if harness.results.poll(20):
+            out.append((time.monotonic(), decode(harness.results.recv_multipart(copy=False))))
+    return out
+
+
+@pytest.mark.parametrize("waiting", [5000], indirect=True)
+def test_frames_of_several_cameras_gather_into_one_batch_that_runs_once_full(waiting: Harness) -> None:
+    thread = waiting.run_in_thread()
+    waiting.sender.send_multipart(waiting.frame("a", 0))
+    time.sleep(0.3)  # the stage holds camera a's frame: its batch is not full
+    assert waiting.stage.frames == 0 and len(waiting.stage.pending) == 1
+    sent = time.monotonic()
+    for camera in ("b", "c", "d"):
+        waiting.sender.send_multipart(waiting.frame(camera, 0))
+    got = outputs(waiting, 4)
+    assert {m.header.camera for _, m in got} == {"a", "b", "c", "d"}
+    assert got[-1][0] - sent < 4.0, "a full batch runs at once, not after the wait"
+    assert waiting.stage.batches == 1 and waiting.stage.frames == 4
+    waiting.stop()
+    waiting.collect()
+    thread.join(5)
+
+
+@pytest.mark.parametrize("waiting", [400], indirect=True)
+def test_a_batch_that_does_not_fill_runs_once_its_oldest_frame_waited_batch_wait_ms(waiting: Harness) -> None:
+    thread = waiting.run_in_thread()
+    sent = time.monotonic()
+    waiting.sender.send_multipart(waiting.frame("a", 0))
+    [(received, detections)] = outputs(waiting, 1)
+    assert isinstance(detections, Detections) and detections.header.camera == "a"
+    assert 0.4 <= received - sent < 3.0
+    wait = waiting.stage.batch_wait
+    assert wait.count == 1 and 0.4 <= wait.sum_s < 3.0
+    waiting.stop()
+    waiting.collect()
+    thread.join(5)
+
+
+@pytest.mark.parametrize("waiting", [10_000], indirect=True)
+def test_an_eos_is_never_held_behind_the_batch_wait_and_live_frames_waiting_are_superseded(waiting: Harness) -> None:
+    thread = waiting.run_in_thread()
+    for seq in range(3):  # separate rounds: the stage already holds the older frames when a newer one comes
+        waiting.sender.send_multipart(waiting.frame("live", seq, kind="live"))
+        wait_for(lambda: waiting.stage.received["live"] == seq + 1)
+    waiting.sender.send_multipart(waiting.frame("file", 0))
+    assert [f.header.seq for _, f in waiting.stage.pending if f.header.camera == "live"] == [2]
+    sent = time.monotonic()
+    waiting.end("file", 1)
+    wait_for(lambda: ("eos", {"camera": "file", "frames": 1}) in waiting.events)
+    assert time.monotonic() - sent < 5.0, "the EOS flushed the file's waiting frame instead of waiting 10 s"
+    waiting.stop()
+    out = waiting.collect()
+    thread.join(5)
+    assert [(type(m).__name__, getattr(m, "camera", None) or getattr(getattr(m, "header", None), "camera", None)) for m in out] == [
+        ("Detections", "live"), ("Detections", "file"), ("EosHeader", "file"), ("StopHeader", None)]
+    assert out[0].header.seq == 2 and waiting.stage.dropped == 2
