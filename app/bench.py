@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -214,15 +215,29 @@ def camera_clip(clip: Path, out: Path, seconds: float, size: tuple[int, int]) ->
     return out
 
 
-def camera_step(settings: Settings, clip: Path, count: int, fps: float) -> dict[str, Any]:
-    """``count`` paced file cameras on ``clip`` through ``run``'s supervisor."""
+def camera_step(settings: Settings, clip: Path, count: int, fps: float, staggered: bool = False) -> dict[str, Any]:
+    """``count`` paced file cameras on ``clip`` through ``run``'s supervisor; ``staggered`` spreads
+    their start over one frame period (real cameras are not in phase), else they start together."""
     from pipeline.capture import SourceSpec
     from pipeline.runner import Supervisor
+
+    class Staggered(Supervisor):
+        def _start_captures(self, ctx: Any) -> None:
+            specs = self.specs
+            try:
+                for spec in specs:
+                    self.specs = [spec]
+                    super()._start_captures(ctx)
+                    time.sleep(1 / fps / count)
+            finally:
+                self.specs = specs
 
     with tempfile.TemporaryDirectory(prefix="scratchwatch-cameras-") as tmp:
         run = settings.model_copy(update={"data_dir": Path(tmp)})
         specs = [SourceSpec(camera=f"cam{i}", source=str(clip), fps=fps, realtime=True) for i in range(count)]
-        report = Supervisor(run, specs).run()
+        usage = CpuUse()
+        report = (Staggered if staggered else Supervisor)(run, specs).run()
+        cpu = usage.since()
     latency = report.stages.get("incidents", {}).get("latency_ms", {})
     inference = report.stages.get("inference", {})  # frames per batch: cross-camera batching as it happens
     per_camera = [latency.get(spec.camera, {}).get("fps", 0.0) for spec in specs]
@@ -232,7 +247,26 @@ def camera_step(settings: Settings, clip: Path, count: int, fps: float) -> dict[
     return {"cameras": count, "min_camera_fps": round(min_fps, 2), "mean_camera_fps": round(float(np.mean(per_camera)), 2),
             "p50_latency_ms": round(p50, 1), "p95_latency_ms": round(p95, 1),
             "keeps_up": bool(min_fps >= KEEPS_UP_FPS_SHARE * fps and p95 <= KEEPS_UP_P95_MS),
-            "mean_batch": round(inference.get("frames", 0) / max(inference.get("batches", 0), 1), 2)}
+            "mean_batch": round(inference.get("frames", 0) / max(inference.get("batches", 0), 1), 2),
+            "frame_copies": {**inference.get("frame_copies", {}), "capture": sum(f.copies for f in report.files)},
+            "cpu": cpu}
+
+
+class CpuUse:
+    """CPU seconds from now: this process (the supervisor and its capture threads, which decode) and
+    its finished children (the stage processes), against wall time: both > 0 at once is overlap."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+
+    def since(self) -> dict[str, float]:
+        wall0, self0, children0 = self.start
+        wall = time.monotonic() - wall0
+        mine, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        capture = mine.ru_utime + mine.ru_stime - self0.ru_utime - self0.ru_stime
+        stages = children.ru_utime + children.ru_stime - children0.ru_utime - children0.ru_stime
+        return {"wall_s": round(wall, 1), "capture_process_cores": round(capture / wall, 2),
+                "stage_processes_cores": round(stages / wall, 2), "cores_busy": round((capture + stages) / wall, 2)}
 
 
 def camera_counts(limit: int) -> list[int]:
