@@ -118,12 +118,13 @@ def ultralytics_loop(model: Path, clip: Path, imgsz: tuple[int, int], conf: floa
                      limit: int) -> tuple[float, list[np.ndarray]] | None:
     """Steady frames/s of ultralytics' streaming predict on the clip and its (N, 5) boxes per frame;
     None when the training extra is not installed."""
-    try:
-        from export.train import offline_env
+    try:  # its first import prints a settings banner to stdout, which --json keeps for the one JSON object
+        with contextlib.redirect_stdout(sys.stderr):
+            from export.train import offline_env
 
-        offline_env()
-        from ultralytics import YOLO
-        from ultralytics.utils import LOGGER
+            offline_env()
+            from ultralytics import YOLO
+            from ultralytics.utils import LOGGER
     except ImportError:
         return None
     found, stamps = [], []

@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -56,11 +57,15 @@ def main() -> None:
     parser.add_argument("--size", default="1280x720")
     parser.add_argument("--modes", nargs="+", default=["off", "drain", "wait"])
     parser.add_argument("--in-phase", action="store_true", help="start every camera at once")
+    parser.add_argument("--detector-only", type=int, nargs="*", metavar="BATCH",
+                        help="instead: frames/s of the configured detection path in-process at these batch sizes")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     base = load_settings(args.config)
     config = base.detector
     size = tuple(int(v) for v in args.size.lower().split("x"))
+    if args.detector_only is not None:
+        return finish(detector_only(base, args.clip, size, args.detector_only or [1, 4, 8], args.repeats), args.out)
     table = modes(config.max_batch, args.wait_ms)
     result: dict[str, Any] = {
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "clip": str(args.clip), "model": str(config.model),
@@ -83,11 +88,41 @@ def main() -> None:
                     print(json.dumps({k: step[k] for k in ("mode", "cameras", "min_camera_fps", "p95_latency_ms", "mean_batch",
                                                            "keeps_up", "load_before")}), file=sys.stderr)
     result["summary"] = summarise(result["steps"], args.fps)
+    finish(result, args.out)
+
+
+def finish(result: dict[str, Any], out: Path | None) -> None:
     text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
     print(text)
+
+
+def detector_only(base: Any, clip: Path, size: tuple[int, ...], batches: list[int], repeats: int) -> dict[str, Any]:
+    """The gain batching can give at all: the configured detection path (car stage, crops) on the
+    clip's frames at the camera size, each batch size timed in turn, best of ``repeats`` rounds."""
+    import cv2
+
+    from app.bench import decode_frames
+    from pipeline.car_gate import build_detector
+
+    frames = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in decode_frames(clip, 400)[::3]]
+    result: dict[str, Any] = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "clip": str(clip),
+                              "frames": len(frames), "size": list(size), "car_gate": base.detector.car_gate,
+                              "load_before": round(os.getloadavg()[0], 2), "fps": {}}
+    best: dict[int, float] = {}
+    for _ in range(repeats):
+        for batch in batches:  # a fresh detector each time: the scheduler's state never carries over
+            detector = build_detector(base.detector.model_copy(update={"max_batch": batch, "cars": base.detector.cars.model_copy(
+                update={"inspect_every_s": 0.0})}))
+            start = time.perf_counter()
+            for i in range(0, len(frames), batch):
+                detector.detect(frames[i : i + batch])
+            best[batch] = max(best.get(batch, 0.0), len(frames) / (time.perf_counter() - start))
+    result["fps"] = {f"batch{b}": round(v, 1) for b, v in best.items()}
+    result["load_after"] = round(os.getloadavg()[0], 2)
+    return result
 
 
 def summarise(steps: list[dict[str, Any]], fps: float) -> dict[str, Any]:
