@@ -146,6 +146,15 @@ class MetricsExporter(Observer):
                               data.get("car_latency"))
         yield from _histogram("scratchwatch_inference_damage_stage_seconds", "Damage-model time per batch (every car crop "
                               "or whole frame of it)", data.get("damage_latency"))
+        yield from _histogram("scratchwatch_inference_batch_wait_seconds", "Time a batch's oldest frame waited for the batch to fill",
+                              data.get("batch_wait"))
+        copies = data.get("frame_copies")
+        if isinstance(copies, dict):
+            family = CounterMetricFamily("scratchwatch_inference_frame_copies", "Writes of frame pixels into another buffer "
+                                         "by site (resize, tensor, jpeg_decode: needed; others: avoidable)", labels=["site"])
+            for site, count in copies.get("sites", {}).items():
+                family.add_metric([site], count)
+            yield family
         for key, help_text in (("frames", "Frames run through the detector (frames / batches: the mean batch size)"),
                                ("batches", "Detector batches run"), ("errors", "Frames the detector failed on")):
             if isinstance(data.get(key), int):
