@@ -5,12 +5,12 @@ one would only add latency), replay frames are all kept, and frames from several
 as one batch. With ``batch_wait_ms`` > 0 the stage gathers frames, from any cameras, until a
 batch of ``batch_frames`` is full or its oldest frame has waited that long (a camera's frames are
 never held back behind its EOS or a STOP). EOS and STOP come from the supervisor on the control
-channel, never on the frames socket: an EOS carries how many frames its source sent and is acknowledged (and forwarded to
-incidents, in order after that source's detections) once all of them arrived, so no frame of a
-file is lost to a socket closing early. The detections link ends the same way: the STOP inference
-forwards carries how many detections it sent, incidents acknowledges it with how many it got
-(relayed by the supervisor on the control channel), and only then does inference close its
-socket and exit. The frames Receiver carries the heartbeat.
+channel, never on the frames socket: an EOS carries how many frames its source sent and is
+acknowledged (and forwarded to incidents, in order after that source's detections) once all of
+them arrived, so no frame of a file is lost to a socket closing early. The detections link ends
+the same way: the STOP inference forwards carries how many detections it sent, incidents
+acknowledges it with how many it got (relayed by the supervisor on the control channel), and only
+then does inference close its socket and exit. The frames Receiver carries the heartbeat.
 """
 
 from __future__ import annotations
