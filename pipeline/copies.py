@@ -25,7 +25,6 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
-import zmq
 
 NECESSARY = ("resize", "tensor", "jpeg_decode")
 """Writes the model input needs (a JPEG frame must be decoded); every other site is a copy that should not happen."""
@@ -54,6 +53,8 @@ COPIES = FrameCopies()
 
 def capture_copies(image: np.ndarray) -> int:
     """Copies capture makes sending ``image``: 0 for a contiguous decoded frame of a real camera."""
+    import zmq  # here, not at the top: the detector imports this module and stays free of zmq (bench_gpu.py)
+
     return int(not image.flags.c_contiguous) + int(image.nbytes < zmq.COPY_THRESHOLD)
 
 
