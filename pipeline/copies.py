@@ -21,6 +21,7 @@ counted. ``capture_*`` sites count in the capture process, the others in the inf
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from typing import Any
 
@@ -31,20 +32,23 @@ NECESSARY = ("resize", "tensor", "jpeg_decode")
 
 
 class FrameCopies:
-    """Per-site counts of pixel copies in this process."""
+    """Per-site counts of pixel copies in this process; the detector's letterbox threads note here too."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
 
     def note(self, site: str, count: int = 1) -> None:
-        self.counts[site] += count
+        with self._lock:
+            self.counts[site] += count
 
     def snapshot(self, frames: int) -> dict[str, Any]:
         """The counts, and per analysed frame: all copies and the unnecessary ones."""
-        total = sum(self.counts.values())
-        avoidable = sum(v for k, v in self.counts.items() if k not in NECESSARY)
+        with self._lock:
+            counts = dict(self.counts)
+        avoidable = sum(v for k, v in counts.items() if k not in NECESSARY)
         per = (lambda n: round(n / frames, 3)) if frames else (lambda n: None)
-        return {"sites": dict(self.counts), "per_frame": per(total), "avoidable_per_frame": per(avoidable)}
+        return {"sites": counts, "per_frame": per(sum(counts.values())), "avoidable_per_frame": per(avoidable)}
 
 
 COPIES = FrameCopies()
