@@ -33,6 +33,16 @@ def test_a_replay_writes_each_frame_twice_resize_and_tensor_and_copies_it_nowher
     assert report.files[0].copies == 0  # capture sent the decoded buffers themselves
 
 
+def test_jpeg_frames_count_their_decode_as_the_one_extra_write(make_settings: Callable[..., Settings], two_mark_clip: Path) -> None:
+    report = replay_files(make_settings(detector={"car_gate": "off"}, capture={"frame_encoding": "jpeg"}), [two_mark_clip],
+                          progress=False)
+    frames = report.frames
+    assert report.ok and frames > 0
+    copies = report.stages["inference"]["frame_copies"]
+    assert copies["sites"] == {"jpeg_decode": frames, "resize": frames, "tensor": frames}
+    assert copies["avoidable_per_frame"] == 0.0 and report.files[0].copies == 0
+
+
 def test_with_the_car_stage_each_model_input_costs_two_writes_at_most(
     make_settings: Callable[..., Settings], two_mark_clip: Path
 ) -> None:
