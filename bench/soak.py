@@ -137,8 +137,9 @@ def reference_incidents(work: Path, clip: Path, fps: float, model: Path, cars: P
     cap = cv2.VideoCapture(str(clip))
     duration = cap.get(cv2.CAP_PROP_FRAME_COUNT) / (cap.get(cv2.CAP_PROP_FPS) or 25.0)
     cap.release()
-    with sqlite3.connect(data / "scratchwatch.db") as conn:
-        starts = sorted(t for (t,) in conn.execute("SELECT first_media_time_s FROM incidents"))
+    with sqlite3.connect(data / "scratchwatch.db") as conn:  # no incident: the writer never made the schema
+        made = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'incidents'").fetchone()
+        starts = sorted(t for (t,) in conn.execute("SELECT first_media_time_s FROM incidents")) if made else []
     return {"duration_s": duration, "starts_s": starts, "attempts": attempt}
 
 
