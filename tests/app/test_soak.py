@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline.synthetic import Mark, write_clip
-
 REPO = Path(__file__).resolve().parents[2]
 SOAK_S = 60.0
 
@@ -25,9 +23,10 @@ def _soak_module():
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed (apt-get install ffmpeg; `make system-deps` does)")
-def test_a_short_soak_holds(tmp_path: Path, red_model: Path) -> None:
-    clip = write_clip(tmp_path / "lot.mp4", 50, [Mark(0, 8, (60, 60, 20, 20))], size=(160, 120))  # a mark every 5 s of loop
-    report = _soak_module().soak(clip, cameras=2, seconds=SOAK_S, fps=5, model=red_model, cars=None)
+def test_a_short_soak_holds(tmp_path: Path) -> None:
+    soak = _soak_module()
+    clip, model, cars = soak.synthetic_inputs(tmp_path)  # a mark every 5 s of loop
+    report = soak.soak(clip, cameras=2, seconds=SOAK_S, fps=5, model=model, cars=cars)
     assert report["ok"], json.dumps(report)
     assert report["incidents_opened"] >= 2 and report["analysed_fps_per_camera"] > 3
     reference = report["reference"]
