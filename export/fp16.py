@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.onnx_export import save_variant
+from export.onnx_export import load_for_variant, save_variant
 from pipeline.detector import model_variant, to_rows
 
 log = logging.getLogger(__name__)
@@ -35,18 +35,10 @@ class Fp16Error(ValueError):
 def convert_fp16(model: Path, out: Path | None = None) -> dict:
     """Write the float16 copy of ``model`` (default: ``MODEL-fp16.onnx`` next to it); returns the recipe,
     also stored in the copy's metadata."""
-    import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    if not model.is_file():
-        raise Fp16Error(f"model {model}: not found")
     out = out or model_variant(model, "fp16")
-    if out.resolve() == model.resolve():
-        raise Fp16Error(f"model {model}: already an fp16 copy (its name ends in -fp16); give the fp32 source")
-    try:
-        proto = onnx.load(str(model))
-    except Exception as exc:
-        raise Fp16Error(f"model {model}: not an ONNX model ({exc})") from None
+    proto = load_for_variant(model, out, Fp16Error, "already an fp16 copy (its name ends in -fp16); give the fp32 source")
     half = convert_float_to_float16(proto, keep_io_types=True)
     source_sha256 = hashlib.sha256(model.read_bytes()).hexdigest()
     recipe = save_variant(half, out, PRECISION_KEY, lambda saved: {

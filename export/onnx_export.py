@@ -87,6 +87,20 @@ def _put_metadata(model, values: dict[str, object]) -> None:
         model.metadata_props.add(key=key, value=value)
 
 
+def load_for_variant(model: Path, out: Path, error: type[Exception], already: str):
+    """The source of a derived copy (fp16, uint8 input), or one line naming it: missing, the copy itself, not ONNX."""
+    import onnx
+
+    if not model.is_file():
+        raise error(f"model {model}: not found")
+    if out.resolve() == model.resolve():
+        raise error(f"model {model}: {already}")
+    try:
+        return onnx.load(str(model))
+    except Exception as exc:
+        raise error(f"model {model}: not an ONNX model ({exc})") from None
+
+
 def save_variant(proto, out: Path, key: str, recipe: Callable[[Path], dict]) -> dict:
     """Save a derived copy of a model (fp16, uint8 input) with ``recipe(saved file)`` in its metadata
     under ``key``; ``out`` is replaced only by a finished file. Returns the recipe."""

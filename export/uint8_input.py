@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.onnx_export import save_variant
+from export.onnx_export import load_for_variant, save_variant
 from pipeline.detector import model_variant
 
 log = logging.getLogger(__name__)
@@ -84,17 +84,8 @@ def _topological(nodes: list, available: set[str]) -> list:
 def convert_uint8_input(model: Path, out: Path | None = None) -> dict:
     """Write the uint8-input copy of ``model`` (default: ``MODEL-u8.onnx`` next to it); returns the
     recipe, also stored in the copy's metadata, with its raw-output parity on the CPU."""
-    import onnx
-
-    if not model.is_file():
-        raise Uint8InputError(f"model {model}: not found")
     out = out or model_variant(model, "fp32", "uint8")
-    if out.resolve() == model.resolve():
-        raise Uint8InputError(f"model {model}: already a uint8 copy (its name ends in -u8); give the float source")
-    try:
-        proto = onnx.load(str(model))
-    except Exception as exc:
-        raise Uint8InputError(f"model {model}: not an ONNX model ({exc})") from None
+    proto = load_for_variant(model, out, Uint8InputError, "already a uint8 copy (its name ends in -u8); give the float source")
     try:
         u8 = with_uint8_input(proto)
     except Uint8InputError as exc:
