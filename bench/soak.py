@@ -47,9 +47,6 @@ from pipeline.config import DEFAULT_MODEL
 REPO = Path(__file__).resolve().parent.parent
 MAX_RSS_GROWTH = 0.05
 PHASE_TOLERANCE_S = 0.6
-REFERENCE_ATTEMPTS = 3
-"""A reference replay must be complete; an incomplete one (before the detections link's end was
-acknowledged, a STOP could overtake its last detections) is not a reference and is replayed again."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,23 +133,19 @@ def reference_incidents(work: Path, clip: Path, fps: float, model: Path, cars: P
     from pipeline.config import load_settings
     from pipeline.runner import replay_files
 
-    for attempt in range(1, REFERENCE_ATTEMPTS + 1):
-        data = work / f"reference-{attempt}"
-        config = work / "reference.yaml"
-        config.write_text(yaml.safe_dump({"data_dir": str(data), "replay": {"fps": fps}, "detector": _detector_section(model, cars)}))
-        report = replay_files(load_settings(config), [clip], progress=False)
-        if report.ok:
-            break
-        print(f"soak: reference replay {attempt} incomplete ({report.problems}); replaying again", file=sys.stderr)
-    else:
-        raise SystemExit(f"soak: the reference replay failed {REFERENCE_ATTEMPTS} times: {report.problems}")
+    data = work / "reference"
+    config = work / "reference.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(data), "replay": {"fps": fps}, "detector": _detector_section(model, cars)}))
+    report = replay_files(load_settings(config), [clip], progress=False)
+    if not report.ok:  # only a complete replay is a reference
+        raise SystemExit(f"soak: the reference replay did not complete: {report.problems}")
     cap = cv2.VideoCapture(str(clip))
     duration = cap.get(cv2.CAP_PROP_FRAME_COUNT) / (cap.get(cv2.CAP_PROP_FPS) or 25.0)
     cap.release()
     with sqlite3.connect(data / "scratchwatch.db") as conn:  # no incident: the writer never made the schema
         made = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'incidents'").fetchone()
         starts = sorted(t for (t,) in conn.execute("SELECT first_media_time_s FROM incidents")) if made else []
-    return {"duration_s": duration, "starts_s": starts, "attempts": attempt}
+    return {"duration_s": duration, "starts_s": starts}
 
 
 def compare_with_reference(opened: dict[str, list[float]], reference: dict[str, Any], windows: dict[str, tuple[float, float]],
@@ -166,7 +159,7 @@ def compare_with_reference(opened: dict[str, list[float]], reference: dict[str, 
     """
     duration, starts = reference["duration_s"], reference["starts_s"]
     tolerance = PHASE_TOLERANCE_S + 1 / fps
-    result: dict[str, Any] = {"reference_per_loop": len(starts), "reference_attempts": reference.get("attempts", 1), "loops": 0, "lost": [], "duplicated": [], "unexpected": []}
+    result: dict[str, Any] = {"reference_per_loop": len(starts), "loops": 0, "lost": [], "duplicated": [], "unexpected": []}
     for camera, (first, last) in windows.items():
         times = sorted(opened.get(camera, []))
 

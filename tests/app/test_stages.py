@@ -139,18 +139,12 @@ def base_config(tmp_path: Path, red_model: Path, car_model: Path, two_mark_clip:
 
 
 def _reference(tmp_path: Path, base: dict[str, Any], cameras: list[dict[str, Any]]) -> list[tuple]:
-    """The supervisor's single-process run (`scratchwatch run`) of the same file cameras.
-
-    Only a complete run is a reference: under load the supervisor's STOP resend sometimes overtakes
-    the last detections (issue 8, on main too; bench/soak.py REFERENCE_ATTEMPTS), so up to 3 runs.
-    """
-    for attempt in range(3):
-        config = _write_config(tmp_path / "reference.yaml", base, data_dir=str(tmp_path / f"reference-{attempt}"), cameras=cameras)
-        settings = load_settings(config)
-        report = run_cameras(settings)
-        if report.ok:
-            return _incidents(settings.database_url)
-    raise AssertionError(f"the reference run never completed: {report.problems}")
+    """The supervisor's single-process run (`scratchwatch run`) of the same file cameras; it must be complete."""
+    config = _write_config(tmp_path / "reference.yaml", base, data_dir=str(tmp_path / "reference"), cameras=cameras)
+    settings = load_settings(config)
+    report = run_cameras(settings)
+    assert report.ok, f"the reference run did not complete: {report.problems}"
+    return _incidents(settings.database_url)
 
 
 def test_three_stage_processes_store_the_supervisors_incidents(tmp_path: Path, base_config, two_mark_clip: Path) -> None:
