@@ -123,6 +123,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     u.add_argument("--out", type=Path, help="default: MODEL-u8.onnx next to MODEL (what detector.input_type: uint8 runs)")
     u.set_defaults(func=_reported(_cmd_u8))
 
+    n = subparsers.add_parser("ensemble", help="several damage models (and their mirrored view) as one ONNX model, outputs averaged anchor by anchor")
+    n.add_argument("out", type=Path, help="the ensemble's ONNX file")
+    n.add_argument("models", type=Path, nargs="+", help="float32 models with the same head and classes; the first gives the input size and metadata")
+    n.add_argument("--flip", action="store_true", help="also average each model's view of the horizontally mirrored input")
+    n.add_argument("--threshold", type=float, help="operating threshold to embed (default: the first model's)")
+    n.set_defaults(func=_reported(_cmd_ensemble))
+
     v = subparsers.add_parser("evaluate", help="score an ONNX model through the pipeline's detector code")
     v.add_argument("model", type=Path)
     v.add_argument("data", type=Path, help="a dataset folder built by `scratchwatch dataset build`")
@@ -142,6 +149,7 @@ def _reported(command):
     ends the command with its one-line message, which names the file, instead of a traceback."""
     def run(args: argparse.Namespace) -> int:
         from export.dataset import DatasetError
+        from export.ensemble import EnsembleError
         from export.fp16 import Fp16Error
         from export.quantize import QuantizeError
         from export.uint8_input import Uint8InputError
@@ -149,7 +157,7 @@ def _reported(command):
 
         try:
             return command(args)
-        except (DatasetError, WeightsError, QuantizeError, Fp16Error, Uint8InputError, FileNotFoundError) as exc:
+        except (DatasetError, EnsembleError, WeightsError, QuantizeError, Fp16Error, Uint8InputError, FileNotFoundError) as exc:
             print(f"scratchwatch {args.command}: {exc}", file=sys.stderr)
             return 1
 
@@ -296,6 +304,15 @@ def _cmd_fp16(args: argparse.Namespace) -> int:
     print(f"wrote {recipe['out']}: float16 weights and activations, float32 input and output; raw output vs {args.model} "
           f"on the CPU: boxes within {recipe['max_box_diff_px']:.3g} px, scores within {recipe['max_score_diff']:.3g}; "
           f"use it with detector.precision: fp16 (for GPUs)")
+    return 0
+
+
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from export.ensemble import build_ensemble
+
+    recipe = build_ensemble(args.models, args.out, flip=args.flip, threshold=args.threshold)
+    print(f"wrote {recipe['out']}: {recipe['views']} views of {len(args.models)} models at {recipe['imgsz'][1]}x{recipe['imgsz'][0]}, "
+          f"raw output within {recipe['max_raw_diff']:.3g} of the members' mean; score it with `scratchwatch evaluate {recipe['out']} DATA`")
     return 0
 
 

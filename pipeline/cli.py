@@ -23,6 +23,7 @@ TRAINING_COMMANDS = {
     "dataset": "build a clean YOLO dataset (dedupe, split by photo, tile)",
     "train": "train the detector from COCO weights (resumable)",
     "export": "export a checkpoint to ONNX, check parity, embed metrics",
+    "ensemble": "several damage models (and their mirrored view) as one ONNX model, outputs averaged anchor by anchor",
     "evaluate": "score an ONNX model through the pipeline's detector code",
     "car-model": "export the car stage: COCO YOLOv5n with its classic head, all 349 tensors",
     "quantize": "int8 copy of an ONNX model for CPUs (static, calibrated on the val split)",
