@@ -11,7 +11,6 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline.config import DEFAULT_MODEL
 
 SHARED = Path("../shared")
 DEFAULT_INPUTS = [SHARED / "datasets/seed-scratch", SHARED / "datasets/lensor-damage"]
@@ -19,6 +18,8 @@ DEFAULT_DATA = Path("datasets/scratch-v1")
 DEFAULT_RUN = Path("runs/train/scratchwatch-yolov5n-320")  # `train`'s default: 320 px from COCO
 SHIPPED_RUN = Path("runs/train/scratchwatch-yolov5n-480")  # the 480 px fine-tune the shipped model is
 DEFAULT_WEIGHTS = SHARED / "weights/yolov5n-v7.0-coco.pt"
+EXPORT_OUT = Path("models/scratchwatch-v2-yolov5n-480.onnx")
+"""`export`'s default: the single model that is v4's first member (the shipped ensemble is `ensemble`'s output)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -83,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e = subparsers.add_parser("export", help="export a checkpoint to ONNX, check parity, embed metrics")
     e.add_argument("--checkpoint", type=Path, default=SHIPPED_RUN / "weights/best.pt")
     e.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the dataset the model was trained on")
-    e.add_argument("--out", type=Path, default=DEFAULT_MODEL)
+    e.add_argument("--out", type=Path, default=EXPORT_OUT)
     e.add_argument("--imgsz", type=int, help="input size (default: the one the checkpoint was trained at)")
     e.add_argument("--threshold", type=float,
                    help="operating threshold to embed (default: the F1-best one on the val split)")
@@ -127,7 +128,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     n.add_argument("out", type=Path, help="the ensemble's ONNX file")
     n.add_argument("models", type=Path, nargs="+", help="float32 models with the same head and classes; the first gives the input size and metadata")
     n.add_argument("--flip", action="store_true", help="also average each model's view of the horizontally mirrored input")
-    n.add_argument("--threshold", type=float, help="operating threshold to embed (default: the first model's)")
+    n.add_argument("--threshold", type=float, help="operating threshold to embed (default: the first model's; with --data, the F1-best on val)")
+    n.add_argument("--data", type=Path, help="score the ensemble on this dataset's test split and embed the metrics, as `export` does")
     n.set_defaults(func=_reported(_cmd_ensemble))
 
     v = subparsers.add_parser("evaluate", help="score an ONNX model through the pipeline's detector code")
@@ -311,6 +313,13 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     from export.ensemble import build_ensemble
 
     recipe = build_ensemble(args.models, args.out, flip=args.flip, threshold=args.threshold)
+    if args.data is not None:
+        from export.onnx_export import embed_evaluation
+
+        scored = embed_evaluation(args.out, args.data, args.threshold)
+        shipped = scored["metrics"]["shipped"]
+        print(f"test split of {args.data}: mAP@0.5 {scored['metrics']['mAP50']:.3f}; at threshold {scored['threshold']}: "
+              f"P {shipped['precision']:.3f} R {shipped['recall']:.3f}")
     print(f"wrote {recipe['out']}: {recipe['views']} views of {len(args.models)} models at {recipe['imgsz'][1]}x{recipe['imgsz'][0]}, "
           f"raw output within {recipe['max_raw_diff']:.3g} of the members' mean; score it with `scratchwatch evaluate {recipe['out']} DATA`")
     return 0

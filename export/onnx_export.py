@@ -188,10 +188,6 @@ def export_model(
     The operating threshold, unless given, is the F1-best one on ``threshold_split`` (val), never
     chosen on test.
     """
-    from export.dataset import dataset_hash
-    from export.evaluate import at_threshold, evaluate_model
-    from pipeline.detector import THRESHOLD_KEY
-
     # build next to `out` and replace it only once verified: a failed export never leaves an
     # unchecked file where the shipped model was
     staging = out.with_name(f".{out.stem}.staging.onnx")
@@ -201,19 +197,30 @@ def export_model(
     if not report.ok:
         staging.unlink()
         raise RuntimeError(f"ONNX parity failed for {out}: {report.as_dict()}")
-    val_ev, _, _ = evaluate_model(staging, data, threshold_split, provider="cpu", progress=False)
-    test_ev, _, _ = evaluate_model(staging, data, "test", provider="cpu", progress=False)
+    scored = embed_evaluation(staging, data, threshold, threshold_split)
+    set_metadata(staging, {"scratchwatch_parity": report.as_dict(), "scratchwatch_opset": str(OPSET)})
+    os.replace(staging, out)
+    return {"model": str(out), **scored, "parity": report.as_dict()}
+
+
+def embed_evaluation(model: Path, data: Path, threshold: float | None = None, threshold_split: str = "val") -> dict:
+    """Score ``model`` on ``data`` (test split, the pipeline's path) and store the metrics, the
+    operating threshold (given, else the F1-best one on ``threshold_split``, never on test) and the
+    data hash in its metadata; returns the threshold and metrics."""
+    from export.dataset import dataset_hash
+    from export.evaluate import at_threshold, evaluate_model
+    from pipeline.detector import THRESHOLD_KEY
+
+    val_ev, _, _ = evaluate_model(model, data, threshold_split, provider="cpu", progress=False)
+    test_ev, _, _ = evaluate_model(model, data, "test", provider="cpu", progress=False)
     threshold = round(val_ev.best_threshold if threshold is None else threshold, 3)
     metrics = {
         "split": "test", **test_ev.as_dict(), "shipped": at_threshold(test_ev, threshold),
         "val_f1_best_threshold": round(val_ev.best_threshold, 4),
     }
-    set_metadata(staging, {
+    set_metadata(model, {
         "scratchwatch_data_hash": dataset_hash(data.parent if data.suffix in (".yaml", ".yml") else data),
         "scratchwatch_metrics": metrics,
         THRESHOLD_KEY: str(threshold),
-        "scratchwatch_parity": report.as_dict(),
-        "scratchwatch_opset": str(OPSET),
     })
-    os.replace(staging, out)
-    return {"model": str(out), "threshold": threshold, "metrics": metrics, "parity": report.as_dict()}
+    return {"threshold": threshold, "metrics": metrics}

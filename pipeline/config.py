@@ -216,7 +216,7 @@ class TransportConfig(_Section):
         return self
 
 
-DEFAULT_MODEL = Path("models/scratchwatch-v2-yolov5n-480.onnx")  # the shipped damage model, relative to the repo
+DEFAULT_MODEL = Path("models/scratchwatch-v4-ensemble-480.onnx")  # the shipped damage model, relative to the repo
 DEFAULT_CAR_MODEL = Path("models/scratchwatch-cars-yolov5n-coco-384.onnx")  # the shipped car stage
 CarGate = Literal["strict", "photo", "off"]
 
@@ -268,7 +268,8 @@ class DetectorConfig(_Section):
     model: Path = Field(
         default=DEFAULT_MODEL,
         title="ONNX model",
-        description="Path of the exported detector; relative paths resolve against the config file's folder.",
+        description="Path of the exported damage detector (a single model or a `scratchwatch ensemble` graph: the "
+                    "pipeline runs both alike); relative paths resolve against the config file's folder.",
     )
     provider: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
         default="auto",

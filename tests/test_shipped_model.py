@@ -24,13 +24,17 @@ def test_config_points_at_the_shipped_model(shipped) -> None:
     settings, detector = shipped
     model = settings.detector.model
     assert model.is_relative_to(REPO / "models") and model.is_file()
-    assert model.stat().st_size <= 15 * 1024 * 1024
+    assert model.stat().st_size <= 25 * 1024 * 1024  # two nano models in one graph; the repo carries every shipped model
     imgsz = detector.imgsz[0]
     assert detector.imgsz == (imgsz, imgsz) and model.stem.endswith(f"-{imgsz}") and detector.names == {0: "scratch"} and detector.batch_dynamic
     meta = detector.session.get_modelmeta().custom_metadata_map
     metrics = json.loads(meta["scratchwatch_metrics"])
     assert metrics["split"] == "test" and 0 < metrics["mAP50"] <= 1
-    assert json.loads(meta["scratchwatch_parity"])["ok"] is True
+    if "scratchwatch_ensemble" in meta:  # each member's export checked parity; the graph is checked against its members
+        ensemble = json.loads(meta["scratchwatch_ensemble"])
+        assert len(ensemble["members"]) >= 1 and ensemble["max_raw_diff"] < 1e-4
+    else:
+        assert json.loads(meta["scratchwatch_parity"])["ok"] is True
     assert len(meta["scratchwatch_data_hash"]) == 64
     assert 0 < float(meta["scratchwatch_threshold"]) < 1
     card = (REPO / "models" / "MODEL_CARD.md").read_text()

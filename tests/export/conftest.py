@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.pipeline.synthetic import RED_BGR
+
 
 def photo(seed: int, size: tuple[int, int] = (160, 200)) -> np.ndarray:
     """A distinct, textured 'photo': perceptual hashes of different seeds differ widely."""
@@ -73,4 +75,30 @@ def coco_dataset(tmp_path: Path) -> Path:
         "categories": [{"id": i, "name": n} for i, n in enumerate(["damage", "minor-dent", "minor-scratch", "severe-broken"])],
     }
     (root / "annotations/instances_train.json").write_text(json.dumps(coco))
+    return root
+
+
+MARKED_SIZE = (200, 160)  # w, h
+
+
+def marked_photo(seed: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A grey textured photo with a red mark somewhere that depends on the seed."""
+    image = cv2.cvtColor(cv2.cvtColor(photo(seed, MARKED_SIZE[::-1]), cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    x, y = 20 + (seed * 37) % 120, 20 + (seed * 23) % 100
+    cv2.rectangle(image, (x, y), (x + 39, y + 11), RED_BGR, -1)
+    return image, (x, y, 40, 12)
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    """images/{val,test} and labels in the layout `scratchwatch dataset build` writes."""
+    root = tmp_path / "data"
+    for split, seeds in (("val", range(6)), ("test", range(20, 23))):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for seed in seeds:
+            image, (x, y, w, h) = marked_photo(seed)
+            cv2.imwrite(str(root / "images" / split / f"p{seed}.png"), image)
+            write_label(root / "labels" / split / f"p{seed}.txt",
+                        [((x + w / 2) / MARKED_SIZE[0], (y + h / 2) / MARKED_SIZE[1], w / MARKED_SIZE[0], h / MARKED_SIZE[1])])
     return root

@@ -3,6 +3,7 @@ pipeline's own Detector."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -131,3 +132,17 @@ def test_the_ensemble_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["ensemble", str(out), str(red), str(tmp_path / "missing.onnx")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"scratchwatch ensemble: model {tmp_path / 'missing.onnx'}: not found"]
+
+
+def test_the_ensemble_command_scores_and_embeds_with_data(tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    red = build_red_model(tmp_path / "red.onnx")
+    out = tmp_path / "red-flip.onnx"
+
+    assert main(["ensemble", str(out), str(red), "--flip", "--threshold", "0.3", "--data", str(dataset)]) == 0
+
+    meta = read_metadata(out)
+    metrics = json.loads(meta["scratchwatch_metrics"])
+    assert metrics["split"] == "test" and metrics["images"] == 3 and metrics["mAP50"] > 0.9  # the red marks are found
+    assert metrics["shipped"]["threshold"] == 0.3 and meta["scratchwatch_threshold"] == "0.3"
+    assert meta["scratchwatch_data_hash"] and ENSEMBLE_KEY in meta
+    assert f"at threshold 0.3: P {metrics['shipped']['precision']:.3f}" in capsys.readouterr().out

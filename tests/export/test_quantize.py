@@ -14,34 +14,8 @@ from export.onnx_export import read_metadata, set_metadata
 from export.quantize import QUANT_KEY, decode_tail, quant_recipe, quantize_model
 from pipeline.cli import main
 from pipeline.detector import Detector
-from tests.export.conftest import photo, write_label
+from tests.export.conftest import marked_photo
 from tests.pipeline.synthetic import RED_BGR, build_red_model
-
-SIZE = (200, 160)  # w, h
-
-
-def _marked(seed: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """A grey textured photo with a red mark somewhere that depends on the seed."""
-    image = cv2.cvtColor(cv2.cvtColor(photo(seed, SIZE[::-1]), cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
-    x, y = 20 + (seed * 37) % 120, 20 + (seed * 23) % 100
-    cv2.rectangle(image, (x, y), (x + 39, y + 11), RED_BGR, -1)
-    return image, (x, y, 40, 12)
-
-
-@pytest.fixture
-def dataset(tmp_path: Path) -> Path:
-    """images/{val,test} and labels in the layout `scratchwatch dataset build` writes."""
-    root = tmp_path / "data"
-    for split, seeds in (("val", range(6)), ("test", range(20, 23))):
-        (root / "images" / split).mkdir(parents=True)
-        (root / "labels" / split).mkdir(parents=True)
-        for seed in seeds:
-            image, (x, y, w, h) = _marked(seed)
-            cv2.imwrite(str(root / "images" / split / f"p{seed}.png"), image)
-            write_label(root / "labels" / split / f"p{seed}.txt",
-                        [((x + w / 2) / SIZE[0], (y + h / 2) / SIZE[1], w / SIZE[0], h / SIZE[1])])
-    return root
-
 
 def test_quantized_model_keeps_metadata_and_finds_what_fp32_finds(tmp_path: Path, dataset: Path) -> None:
     fp32 = build_red_model(tmp_path / "red.onnx", imgsz=128)
@@ -63,7 +37,7 @@ def test_quantized_model_keeps_metadata_and_finds_what_fp32_finds(tmp_path: Path
 
     int8_det, fp32_det = Detector(out, "cpu", conf_threshold=None), Detector(fp32, "cpu", conf_threshold=None)
     assert int8_det.conf_threshold == 0.4 and int8_det.imgsz == (128, 128)
-    frames = [_marked(seed)[0] for seed in (40, 41)]
+    frames = [marked_photo(seed)[0] for seed in (40, 41)]
     for a, b in zip(fp32_det.detect(frames), int8_det.detect(frames)):
         assert len(a) == len(b) == 1
         assert np.abs(a[0, :4] - b[0, :4]).max() < 3.0 and abs(a[0, 4] - b[0, 4]) < 0.05
