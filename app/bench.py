@@ -29,6 +29,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -279,18 +280,37 @@ def camera_counts(limit: int) -> list[int]:
     return [*counts, limit]
 
 
+def largest_held(limit: int, keeps_up: Callable[[int], bool]) -> int:
+    """The most cameras that keep up: 1, 2, 4 ... ``limit`` until one fails, then a bisection
+    between the last count held and the first that failed (so 8 failing after 4 tries 6, then 5
+    or 7); 0 when even one camera falls behind."""
+    held, failed = 0, None
+    for count in camera_counts(limit):
+        if not keeps_up(count):
+            failed = count
+            break
+        held = count
+    while failed is not None and failed - held > 1:
+        middle = (held + failed) // 2
+        if keeps_up(middle):
+            held = middle
+        else:
+            failed = middle
+    return held
+
+
 def camera_sweep(settings: Settings, clip: Path, limit: int, fps: float, seconds: float, size: tuple[int, int]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="scratchwatch-camclip-") as tmp:
         looped = camera_clip(clip, Path(tmp) / "camera.mp4", seconds, size)
-        steps = []
-        for count in camera_counts(limit):
-            steps.append(camera_step(settings, looped, count, fps))
-            if not steps[-1]["keeps_up"]:
-                break
-    held = [s for s in steps if s["keeps_up"]]
-    return {"cameras_held": held[-1]["cameras"] if held else 0,
-            "p95_latency_ms": held[-1]["p95_latency_ms"] if held else None,
-            "camera_steps": steps, "camera_fps": fps, "camera_size": f"{size[0]}x{size[1]}"}
+        steps: dict[int, dict[str, Any]] = {}
+
+        def keeps_up(count: int) -> bool:
+            steps[count] = camera_step(settings, looped, count, fps)
+            return steps[count]["keeps_up"]
+
+        held = largest_held(limit, keeps_up)
+    return {"cameras_held": held, "p95_latency_ms": steps[held]["p95_latency_ms"] if held else None,
+            "camera_steps": [steps[n] for n in sorted(steps)], "camera_fps": fps, "camera_size": f"{size[0]}x{size[1]}"}
 
 
 # ---- the command --------------------------------------------------------------------------------

@@ -260,7 +260,16 @@ class CarStageConfig(_Section):
         ge=0,
         title="Re-inspection interval",
         description="Cameras: a tracked car that has not moved is checked for damage at least this often (0: every analysed frame). "
-        "New or moved cars are checked at once.",
+        "New or moved cars are checked at once (within inspections_per_frame).",
+    )
+    inspections_per_frame: int = Field(
+        default=0,
+        ge=0,
+        title="Inspections per frame",
+        description="Cameras: at most this many car crops are checked for damage in one frame of one camera (0: no cap). "
+        "Due cars beyond it wait for the next frames (new cars first, then the longest uninspected), so a burst of "
+        "new cars (a camera starting on a full lot) does not stall the camera: with N due cars every one is checked within "
+        "ceil(N / cap) frames, so the inspect_every_s guarantee stretches by that much.",
     )
 
 

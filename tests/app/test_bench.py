@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from app.bench import camera_counts, detections_match
+from app.bench import camera_counts, detections_match, largest_held
 from pipeline.cli import main
 from pipeline.latency import LatencyLog
 from tests.pipeline.synthetic import Mark, build_red_model, write_clip
@@ -71,6 +71,14 @@ def test_detections_match_tolerates_2px_and_001_but_not_more() -> None:
 
 def test_camera_counts_double_up_to_the_limit() -> None:
     assert camera_counts(1) == [1] and camera_counts(8) == [1, 2, 4, 8] and camera_counts(6) == [1, 2, 4, 6]
+
+
+def test_the_largest_count_held_is_bisected_between_the_last_held_and_the_first_failing() -> None:
+    for capacity, tried in ((5, [1, 2, 4, 8, 6, 5]), (4, [1, 2, 4, 8, 6, 5]), (7, [1, 2, 4, 8, 6, 7]), (8, [1, 2, 4, 8]),
+                            (0, [1]), (2, [1, 2, 4, 3])):
+        calls: list[int] = []
+        held = largest_held(8, lambda n: calls.append(n) or n <= capacity)
+        assert held == capacity and calls == tried
 
 
 def test_latency_log_percentiles_per_camera_in_a_bounded_window() -> None:

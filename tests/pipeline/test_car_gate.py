@@ -171,3 +171,42 @@ def test_damage_models_the_pipeline_cannot_read_fail_at_start_with_the_file_name
     onnx.save(proto, str(bare))
     with pytest.raises(ModelMismatchError, match=r"bare\.onnx: dynamic input size and no 'imgsz' metadata"):
         build_detector(DetectorConfig(model=bare, provider="cpu"), "off")
+
+
+def test_inspections_per_frame_caps_a_burst_and_every_due_car_gets_its_turn() -> None:
+    """Six cars appear at once with a cap of two: two per frame, new first, every car within three frames,
+    and after that the longest uninspected go first, so each is re-checked within the interval plus three frames."""
+    scheduler = InspectionScheduler(every_s=1.0, per_frame=2)
+    cars = np.array([[10 + 60 * i, 10, 60 + 60 * i, 50, 0.9] for i in range(6)], np.float32)
+    last: dict[int, float] = {}
+    for seq in range(60):  # 6 s at 10 fps
+        t = seq / 10
+        plan = scheduler.plan(_header(seq, t), cars)
+        assert len(plan.inspect) <= 2
+        for index in plan.inspect:
+            track = int(plan.cars[index, 5])
+            assert t - last.get(track, 0.0) <= 1.0 + 0.3 + 1e-9  # the interval, plus at most ceil(6 / 2) frames waiting
+            last[track] = t
+        if seq == 2:
+            assert sorted(last) == [0, 1, 2, 3, 4, 5]  # every new car checked within ceil(6 / 2) = 3 frames
+    assert len(last) == 6 and min(last.values()) >= 6.0 - 1.3
+    uncapped = InspectionScheduler(every_s=1.0)
+    assert len(uncapped.plan(_header(0, 0.0), cars).inspect) == 6
+
+
+def test_a_car_that_moved_while_waiting_for_its_turn_holds_no_stale_boxes() -> None:
+    scheduler = InspectionScheduler(every_s=10.0, per_frame=1)
+    cars = np.array([[10, 10, 110, 60, 0.9], [200, 10, 300, 60, 0.9]], np.float32)
+    damage = np.ones((1, 12), np.float32)
+    plan = scheduler.plan(_header(0, 0.0), cars)
+    assert plan.inspect == [0]  # both new: the first found goes first
+    car_a, car_b = plan.tracks
+    InspectionScheduler.remember(car_a, damage)
+    plan = scheduler.plan(_header(1, 0.1), cars)
+    assert plan.inspect == [1] and car_a in plan.held and car_a.state["held"] is damage  # parked: its boxes stand for it
+    InspectionScheduler.remember(car_b, damage)
+    moved = cars + np.array([40, 0, 40, 0, 0], np.float32)  # both drive on: IoU with the inspected boxes < 0.8
+    plan = scheduler.plan(_header(2, 0.2), moved)
+    assert plan.inspect == [0]  # both due; car A was inspected longest ago
+    assert car_b in plan.held and car_b.state["held"] is None  # waiting, and its old boxes are off the car now
+    assert scheduler.plan(_header(3, 0.3), moved).inspect == [1]  # its turn comes next frame
