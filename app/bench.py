@@ -250,6 +250,8 @@ def camera_step(settings: Settings, clip: Path, count: int, fps: float, staggere
             "p50_latency_ms": round(p50, 1), "p95_latency_ms": round(p95, 1),
             "keeps_up": bool(min_fps >= KEEPS_UP_FPS_SHARE * fps and p95 <= KEEPS_UP_P95_MS),
             "mean_batch": round(inference.get("frames", 0) / max(inference.get("batches", 0), 1), 2),
+            "car_inferences_per_frame": round(inference.get("car_inferences", 0) / max(inference.get("frames", 0), 1), 3),
+            "damage_inferences_per_frame": round(inference.get("damage_inferences", 0) / max(inference.get("frames", 0), 1), 3),
             "frame_copies": {**inference.get("frame_copies", {}), "capture": sum(f.copies for f in report.files)},
             "cpu": cpu}
 

@@ -156,7 +156,9 @@ class MetricsExporter(Observer):
                 family.add_metric([site], count)
             yield family
         for key, help_text in (("frames", "Frames run through the detector (frames / batches: the mean batch size)"),
-                               ("batches", "Detector batches run"), ("errors", "Frames the detector failed on")):
+                               ("batches", "Detector batches run"), ("errors", "Frames the detector failed on"),
+                               ("car_inferences", "Frames the car stage ran on (the others were still and reused their camera's cars)"),
+                               ("damage_inferences", "Damage-model inputs run (car crops or whole frames)")):
             if isinstance(data.get(key), int):
                 yield CounterMetricFamily(f"scratchwatch_inference_{key}", help_text, value=data[key])
         incidents = self.stage_counters.get("incidents", {})

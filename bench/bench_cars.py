@@ -6,7 +6,7 @@
 ``speed`` replays ``demo/intel_car-detection.mp4`` through the real pipeline (spawned stages,
 ZeroMQ, SQLite) with every frame analysed, the shipped models and the strict gate, once with the
 inspection scheduler (``inspect_every_s`` from config.yaml) and once without (every car every
-frame), and, in the same run, times each model alone on the clip's frames: car-stage ms per frame
+frame), and once with the scheduler and still frames skipped (``cars.motion``), and, in the same run, times each model alone on the clip's frames: car-stage ms per frame
 and damage-model ms per crop. Target: >= 25 analysed frames/s end to end on 2 cores.
 """
 
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +32,8 @@ from export.car_eval import car_stage_accuracy, labelled_frames  # noqa: E402
 from pipeline.car_gate import build_detector  # noqa: E402
 from pipeline.cars import CarDetector  # noqa: E402
 from pipeline.config import DEFAULT_MODEL, load_settings  # noqa: E402
-from pipeline.geometry import margin_window  # noqa: E402
+from pipeline.geometry import box_iou, margin_window  # noqa: E402
+from pipeline.messages import FrameHeader  # noqa: E402
 from pipeline.runner import replay_files  # noqa: E402
 
 LOT_CLIP = REPO / "demo" / "intel_car-detection.mp4"
@@ -65,12 +67,45 @@ def model_ms(args: argparse.Namespace) -> dict[str, float]:
             "cars_per_frame": round(len(crops) / len(frames), 3)}
 
 
-def replay(args: argparse.Namespace, inspect_every_s: float) -> dict[str, Any]:
+def still_agreement(args: argparse.Namespace, conf: float = 0.05) -> dict[str, Any]:
+    """What skipping still frames changes: the clip frame by frame through the camera detection path
+    (scheduler on) with still frames analysed and skipped, at a low damage threshold so there are
+    rows to compare; per frame, the share of the boxes of the full run that the skipping run has
+    (IoU >= 0.5), for cars and for damage."""
+    settings = load_settings(REPO / "config.yaml")
+    frames = decode_frames(args.clip, 10_000)
+    fps = cv2.VideoCapture(str(args.clip)).get(cv2.CAP_PROP_FPS) or 25.0
+    headers = [FrameHeader(camera="lot", kind="replay", source=args.clip.name, seq=i, captured_ns=0, media_time_s=i / fps,
+                           shape=frame.shape) for i, frame in enumerate(frames)]
+    runs = {}
+    for still in (False, True):
+        cars = settings.detector.cars
+        cars = cars.model_copy(update={"motion": cars.motion.model_copy(update={"enabled": still})})
+        config = settings.detector.model_copy(update={"provider": "cpu", "threads": args.threads, "cars": cars})
+        detector = build_detector(config, "strict", conf)
+        runs[still] = [detector.detect([frame], [header])[0] for frame, header in zip(frames, headers)]
+
+    def found(full: list[np.ndarray], skipping: list[np.ndarray]) -> dict[str, Any]:
+        total = sum(len(f) for f in full)
+        kept = sum(int((box_iou(f[:, :4], s[:, :4]).max(axis=1) >= 0.5).sum()) if len(f) and len(s) else 0
+                   for f, s in zip(full, skipping))
+        return {"boxes_full_run": total, "found_by_skipping_run": kept, "share": round(kept / total, 4) if total else None}
+
+    return {"frames": len(frames), "damage_conf": conf,
+            "car_stage_runs": {"full": sum(r.car_inferences for r in runs[False]), "skipping": sum(r.car_inferences for r in runs[True])},
+            "damage_inferences": {"full": sum(r.inferences for r in runs[False]), "skipping": sum(r.inferences for r in runs[True])},
+            "cars": found([r.cars for r in runs[False]], [r.cars for r in runs[True]]),
+            "damage": found([r.rows for r in runs[False]], [r.rows for r in runs[True]])}
+
+
+def replay(args: argparse.Namespace, inspect_every_s: float, still: bool = False) -> dict[str, Any]:
     runs, stats = [], {}
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="scratchwatch-bench-") as tmp:
             settings = bench_settings(Path(tmp), REPO / DEFAULT_MODEL, args.threads, 4, car_gate="strict")
-            cars = settings.detector.cars.model_copy(update={"inspect_every_s": inspect_every_s})
+            cars = settings.detector.cars
+            motion = cars.motion.model_copy(update={"enabled": still})
+            cars = cars.model_copy(update={"inspect_every_s": inspect_every_s, "motion": motion})
             settings = settings.model_copy(update={"detector": settings.detector.model_copy(update={"cars": cars})})
             report = replay_files(settings, [args.clip], progress=False)
         if not report.ok:
@@ -78,17 +113,19 @@ def replay(args: argparse.Namespace, inspect_every_s: float) -> dict[str, Any]:
         runs.append(steady_fps(report))
         stats = report.stages["inference"]
     frames = max(stats["frames"], 1)
-    return {"inspect_every_s": inspect_every_s, "end_to_end_fps_median": round(statistics.median(runs), 1),
+    return {"inspect_every_s": inspect_every_s, "still_frames_skipped": still, "end_to_end_fps_median": round(statistics.median(runs), 1),
             "runs": [round(r, 1) for r in runs], "frames": stats["frames"],
             "cars_per_frame": round(stats["cars"] / frames, 3),
             "damage_inferences_per_frame": round(stats["damage_inferences"] / frames, 3),
+            "car_inferences_per_frame": round(stats["car_inferences"] / frames, 3),
             "incidents": sum(f.incidents for f in report.files)}
 
 
 def speed(args: argparse.Namespace) -> dict[str, Any]:
     every = load_settings(REPO / "config.yaml").detector.cars.inspect_every_s
     return {"clip": str(args.clip.relative_to(REPO) if args.clip.is_relative_to(REPO) else args.clip),
-            "models_alone": model_ms(args), "with_scheduler": replay(args, every), "without_scheduler": replay(args, 0.0)}
+            "models_alone": model_ms(args), "with_scheduler": replay(args, every), "without_scheduler": replay(args, 0.0),
+            "with_scheduler_still_frames_skipped": replay(args, every, still=True), "still_frames_agreement": still_agreement(args)}
 
 
 def main() -> None:

@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cars import CarDetector, centres_inside, crop_to_frame
-from pipeline.config import CarGate, DetectorConfig, TrackerConfig
+from pipeline.config import CarGate, DetectorConfig, MotionConfig, TrackerConfig
 from pipeline.detector import Detector, model_variant, nms_keep
 from pipeline.geometry import box_iou, grow_window, margin_window
 from pipeline.messages import DAMAGE_COLUMNS, DETECTION_COLUMNS, FrameHeader
+from pipeline.motion import StillFrames, stale, thumbnail
 from pipeline.stage import Histogram
 from pipeline.tracker import CameraTracker, Track
 
@@ -49,6 +50,8 @@ class FrameResult:
     cars: np.ndarray
     inferences: int = 0
     """Damage-model inputs (crops or whole frames) run for this frame."""
+    car_inferences: int = 0
+    """1 when the car stage ran on this frame, 0 when a still frame reused its camera's cars (or the gate is off)."""
 
 
 @dataclass
@@ -77,11 +80,15 @@ class InspectionScheduler:
     more than ``ceil(due cars / per_frame)`` frames; a car that waits keeps its held boxes only
     if it has not moved (moved, they no longer lie on it)."""
 
-    def __init__(self, every_s: float, per_frame: int = 0) -> None:
+    def __init__(self, every_s: float, per_frame: int = 0, still: StillFrames | None = None) -> None:
         self.every_s, self.per_frame = every_s, per_frame
+        self.still = still
+        """With still frames on: a car is re-inspected on time only if its pixels changed since its last
+        inspection, and at least every ``still.config.refresh_s`` regardless."""
         self.trackers: dict[str, CameraTracker] = {}
 
-    def plan(self, header: FrameHeader, cars: np.ndarray) -> _Plan:
+    def plan(self, header: FrameHeader, cars: np.ndarray, thumb: np.ndarray | None = None) -> _Plan:
+        """``thumb``: the frame's :func:`~pipeline.motion.thumbnail`, with still frames on."""
         tracker = self.trackers.get(header.camera)
         if tracker is None:
             tracker = self.trackers[header.camera] = CameraTracker(CAR_TRACKING)
@@ -90,12 +97,12 @@ class InspectionScheduler:
         ids = np.array([[t.track_id] for t in tracks], np.float32).reshape(-1, 1)
         plan = _Plan(np.concatenate([cars[:, :5], ids], axis=1), [], tracks=tracks)
         now = frame_time(header)
-        due = [i for i, track in enumerate(tracks) if self._due(track.state, cars[i], now)]
+        due = [i for i, track in enumerate(tracks) if self._due(track.state, cars[i], now, thumb, header.shape[1])]
         due.sort(key=lambda i: float(tracks[i].state.get("inspected_at", -np.inf)))  # new first, then the longest waiting
         chosen = set(due[: self.per_frame] if self.per_frame else due)
         for index, track in enumerate(tracks):
             if index in chosen:
-                track.state.update(inspected_at=now, inspected_box=cars[index, :4].copy(), held=None)
+                track.state.update(inspected_at=now, inspected_box=cars[index, :4].copy(), inspected_thumb=thumb, held=None)
                 plan.inspect.append(index)
                 continue
             if index in due and self._moved(track.state, cars[index]):
@@ -108,10 +115,16 @@ class InspectionScheduler:
         """The damage found on an inspected car, standing for it until its next inspection."""
         track.state["held"] = rows
 
-    def _due(self, state: dict, car: np.ndarray, now: float) -> bool:
-        if "inspected_at" not in state or now - float(state["inspected_at"]) >= self.every_s:
+    def _due(self, state: dict, car: np.ndarray, now: float, thumb: np.ndarray | None = None, frame_width: int = 0) -> bool:
+        if "inspected_at" not in state or self._moved(state, car):
             return True
-        return self._moved(state, car)
+        age = now - float(state["inspected_at"])
+        if age < self.every_s and age >= 0:
+            return False
+        before = state.get("inspected_thumb")
+        if thumb is None or before is None or stale(age, self.still.config.refresh_s):
+            return True
+        return self.still.region_changed(before, thumb, car, frame_width)  # unchanged pixels: the same answer again
 
     @staticmethod
     def _moved(state: dict, car: np.ndarray) -> bool:
@@ -131,14 +144,16 @@ class CarGatedDetector:
     def __init__(
         self, damage: Detector, cars: CarDetector | None, gate: CarGate, *, margin: float = 0.08,
         max_batch: int = 4, inspect_every_s: float = 0.0, photo_whole_share: float = 0.3, max_zoom: float = 0.0,
-        inspections_per_frame: int = 0,
+        inspections_per_frame: int = 0, motion: MotionConfig | None = None,
     ) -> None:
         if gate != "off" and cars is None:
             raise ValueError(f"car gate {gate!r} needs a car stage")
         self.damage, self.cars, self.gate = damage, cars, gate
         self.margin, self.max_batch, self.photo_whole_share = margin, max_batch, photo_whole_share
         self.max_zoom = max_zoom
-        self.scheduler = InspectionScheduler(inspect_every_s, inspections_per_frame) if inspect_every_s > 0 else None
+        self.still = StillFrames(motion) if motion is not None and motion.enabled and gate != "off" else None
+        """Cameras: still frames reuse their camera's cars instead of running the car stage."""
+        self.scheduler = InspectionScheduler(inspect_every_s, inspections_per_frame, self.still) if inspect_every_s > 0 else None
         self.car_seconds = Histogram()
         """Car-stage time per ``detect`` call (every chunk of the batch): the metrics' car-stage latency."""
         self.damage_seconds = Histogram()
@@ -154,11 +169,35 @@ class CarGatedDetector:
             return []
         if self.gate == "off":
             return [self._whole_frame(dets) for dets in self._timed(self.damage_seconds, self.damage.detect, frames)]
-        found = self._timed(self.car_seconds, self.cars.detect, frames)
-        plans = [self._plan(i, frame, found[i], headers) for i, frame in enumerate(frames)]
+        found, thumbs, ran = self._find_cars(frames, headers)
+        plans = [self._plan(i, frame, found[i], headers, thumbs[i]) for i, frame in enumerate(frames)]
         crops, owners = self._crops(frames, plans)
         crop_dets = self._timed(self.damage_seconds, self.damage.detect, [c for c, _ in crops]) if crops else []
-        return self._assemble(plans, crops, owners, crop_dets)
+        results = self._assemble(plans, crops, owners, crop_dets)
+        for result, car_run in zip(results, ran):
+            result.car_inferences = int(car_run)
+        return results
+
+    def _find_cars(self, frames: list[np.ndarray], headers: list[FrameHeader] | None) -> tuple[list[np.ndarray], list[np.ndarray | None], list[bool]]:
+        """Per frame its cars, its thumbnail (still frames on) and whether the car stage ran on it.
+
+        A still camera frame reuses its reference's cars. Frames are taken in order, so a still
+        frame after a changed one of the same camera in the same batch stands on that frame's cars."""
+        if self.still is None or headers is None:
+            return self._timed(self.car_seconds, self.cars.detect, frames), [None] * len(frames), [True] * len(frames)
+        thumbs = [thumbnail(frame) for frame in frames]
+        ran = [self.still.needs_cars(h.camera, t, frame_time(h)) for t, h in zip(thumbs, headers)]
+        try:
+            fresh = iter(self._timed(self.car_seconds, self.cars.detect, [f for f, r in zip(frames, ran) if r]) if any(ran) else [])
+        except Exception:
+            self.still.forget({h.camera for h, r in zip(headers, ran) if r})  # no reference without its cars
+            raise
+        found = []
+        for header, car_run in zip(headers, ran):
+            if car_run:
+                self.still.store(header.camera, next(fresh))
+            found.append(self.still.cars(header.camera))
+        return found, thumbs, ran
 
     def windows(self, frame: np.ndarray) -> list[tuple[int, int, int, int]]:
         """The frame windows (x1, y1, x2, y2) the damage model is shown for one photo, without the scheduler.
@@ -177,12 +216,12 @@ class CarGatedDetector:
         histogram.observe(time.perf_counter() - started)
         return out
 
-    def _plan(self, index: int, frame: np.ndarray, cars: np.ndarray, headers: list[FrameHeader] | None) -> _Plan:
+    def _plan(self, index: int, frame: np.ndarray, cars: np.ndarray, headers: list[FrameHeader] | None, thumb: np.ndarray | None = None) -> _Plan:
         height, width = frame.shape[:2]
         if self.gate == "photo" and self._close_up(cars, width * height):  # the whole photo is the car
             return _Plan(np.array([[0, 0, width, height, 0, -1]], np.float32), [0], whole_frame=True, found=cars)
         if self.scheduler is not None and headers is not None:
-            return self.scheduler.plan(headers[index], cars)
+            return self.scheduler.plan(headers[index], cars, thumb)
         with_track = np.concatenate([cars[:, :5], np.full((len(cars), 1), -1, np.float32)], axis=1)
         return _Plan(with_track, list(range(len(cars))))
 
@@ -297,7 +336,7 @@ def build_detector(
     return CarGatedDetector(
         damage, cars, gate, margin=config.cars.margin, max_batch=config.max_batch, inspect_every_s=config.cars.inspect_every_s,
         photo_whole_share=config.cars.photo_whole_share, max_zoom=config.cars.max_zoom,
-        inspections_per_frame=config.cars.inspections_per_frame,
+        inspections_per_frame=config.cars.inspections_per_frame, motion=config.cars.motion,
     )
 
 

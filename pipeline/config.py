@@ -221,6 +221,26 @@ DEFAULT_CAR_MODEL = Path("models/scratchwatch-cars-yolov5n-coco-384.onnx")  # th
 CarGate = Literal["strict", "photo", "off"]
 
 
+class MotionConfig(_Section):
+    enabled: bool = Field(
+        default=False,
+        title="Skip the car stage on still frames",
+        description="Cameras: a frame that differs from the one the camera's car boxes came from in fewer than min_share of "
+        "its thumbnail's pixels reuses those boxes instead of running the car model (a car cannot appear, leave or move "
+        "without the picture changing). Damage inspections are scheduled as before.",
+    )
+    pixel_threshold: int = Field(
+        default=25, ge=0, le=255, title="Changed pixel", description="Grey levels (0-255) a blurred thumbnail pixel must move to count as changed."
+    )
+    min_share: float = Field(
+        default=0.002, ge=0, le=1, title="Changed share",
+        description="Share of the thumbnail's pixels that must change for the car stage to run again (0: it runs on every frame).",
+    )
+    refresh_s: float = Field(
+        default=10.0, ge=0, title="Longest reuse", description="The car stage runs at least this often per camera, change or not (seconds of the source's clock)."
+    )
+
+
 class CarStageConfig(_Section):
     model: Path = Field(
         default=DEFAULT_CAR_MODEL,
@@ -270,6 +290,9 @@ class CarStageConfig(_Section):
         "Due cars beyond it wait for the next frames (new cars first, then the longest uninspected), so a burst of "
         "new cars (a camera starting on a full lot) does not stall the camera: with N due cars every one is checked within "
         "ceil(N / cap) frames, so the inspect_every_s guarantee stretches by that much.",
+    )
+    motion: MotionConfig = Field(
+        default_factory=MotionConfig, title="Still frames", description="Cameras: when the car stage may reuse the last frame's cars."
     )
 
 

@@ -105,7 +105,7 @@ class InferenceStage:
         self.notify = notify
         """``EventSender.emit``: EOS acknowledgements to the supervisor."""
         self.frames = self.batches = self.dropped = self.errors = self.foreign_control = 0
-        self.cars = self.inferences = 0
+        self.cars = self.inferences = self.car_inferences = 0
         self.sent = 0
         """Detections messages sent to incidents (the count the STOP carries)."""
         self.acknowledged: int | None = None
@@ -193,6 +193,7 @@ class InferenceStage:
             "malformed": self.receiver.malformed,
             "cars": self.cars,
             "damage_inferences": self.inferences,
+            "car_inferences": self.car_inferences,
             "latency": self.latency.snapshot(),
             **{f"{stage}_latency": getattr(self.detector, f"{stage}_seconds").snapshot()
                for stage in ("car", "damage") if hasattr(self.detector, f"{stage}_seconds")},
@@ -233,6 +234,7 @@ class InferenceStage:
             self.frames += 1
             self.cars += len(result.cars)
             self.inferences += result.inferences
+            self.car_inferences += result.car_inferences
             parts = encode_detections(
                 frame.header, result.rows, frame.image, model_name=damage.name, model_sha256=damage.model_sha256,
                 cars=len(result.cars), inferences=result.inferences,

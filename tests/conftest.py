@@ -7,11 +7,14 @@
   listening on a unix socket only.
 - `database_url`: both of the above, as two parametrised cases (`[sqlite]`, `[postgresql]`).
 - `postgres_cluster`: a private, stopped cluster a test may start and stop (outage tests).
+- every test starts and ends with the root logger's own handlers: a CLI test's `setup_logging`
+  binds a handler to pytest's captured stderr, which is closed once that test ends.
 """
 
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import pwd
 import re
@@ -27,6 +30,22 @@ from sqlalchemy import create_engine, make_url
 from sqlalchemy.pool import NullPool
 
 POSTGRES_URL_ENV = "SCRATCHWATCH_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(autouse=True)
+def _root_logging() -> Iterator[None]:
+    """Put the root logger back after each test (handlers and level), so a later test never logs
+    through a handler whose stream was an earlier test's captured, now closed, stderr."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
 _PG_SYSTEM_USER = "postgres"
 
 

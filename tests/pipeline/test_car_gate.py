@@ -11,10 +11,11 @@ import pytest
 
 from pipeline.car_gate import CarGatedDetector, InspectionScheduler
 from pipeline.cars import CarDetector, CarModelError, centres_inside, crop_to_frame
-from pipeline.config import CarStageConfig
+from pipeline.config import CarStageConfig, MotionConfig
 from pipeline.detector import Detector
 from pipeline.geometry import grow_window, margin_window
 from pipeline.messages import FrameHeader
+from pipeline.motion import changed_share, thumbnail
 from tests.pipeline.synthetic import RED_BGR, Mark, build_grid_car_model, scene
 
 CAR_BLUE = (180, 90, 40)  # BGR, the synthetic scene's car body
@@ -210,3 +211,74 @@ def test_a_car_that_moved_while_waiting_for_its_turn_holds_no_stale_boxes() -> N
     assert plan.inspect == [0]  # both due; car A was inspected longest ago
     assert car_b in plan.held and car_b.state["held"] is None  # waiting, and its old boxes are off the car now
     assert scheduler.plan(_header(3, 0.3), moved).inspect == [1]  # its turn comes next frame
+
+
+def test_still_frames_reuse_their_cameras_cars_and_any_change_runs_the_car_stage(red_model: Path, car_model: Path) -> None:
+    gated = _gated(red_model, car_model, motion=MotionConfig(enabled=True, refresh_s=10.0))
+    parked = scene(0, [])
+    noisy = np.clip(parked.astype(np.int16) + np.random.default_rng(0).integers(-8, 9, parked.shape), 0, 255).astype(np.uint8)
+    runs, cars = [], []
+    for seq, frame in enumerate([parked, parked, noisy, parked]):  # sensor noise is not change
+        [result] = gated.detect([frame], [_header(seq, seq / 5)])
+        runs.append(result.car_inferences)
+        cars.append(result.cars[:, :5].copy())
+    assert runs == [1, 0, 0, 0]
+    assert all(np.array_equal(c, cars[0]) for c in cars) and len(cars[0]) == 1
+    moved = np.roll(parked, 60, axis=0)  # the car drives 60 px down
+    [result] = gated.detect([moved], [_header(4, 0.8)])
+    assert result.car_inferences == 1 and result.cars[0, 1] > cars[0][0, 1] + 50  # found where it is now
+    dented = moved.copy()
+    cv2.rectangle(dented, (150, 195), (179, 206), (230, 230, 230), -1)  # a 30 x 12 px change on the 320 x 240 frame
+    assert gated.detect([dented], [_header(5, 1.0)])[0].car_inferences == 1
+
+
+def test_still_frames_refresh_after_refresh_s_and_when_the_clock_goes_back(red_model: Path, car_model: Path) -> None:
+    gated = _gated(red_model, car_model, motion=MotionConfig(enabled=True, refresh_s=2.0))
+    frame = scene(0, [])
+    ran = [gated.detect([frame], [_header(seq, t)])[0].car_inferences for seq, t in enumerate([0.0, 1.0, 1.99, 2.0, 3.0, 0.5])]
+    assert ran == [1, 0, 0, 1, 0, 1]  # refreshed at 2.0 s; a looped file starting over (0.5 s) runs it again
+
+
+def test_still_frames_in_one_batch_stand_on_their_own_cameras_cars(red_model: Path, car_model: Path) -> None:
+    gated = _gated(red_model, car_model, motion=MotionConfig(enabled=True))
+    parked, moved = scene(0, []), np.roll(scene(0, []), 60, axis=0)
+    first = gated.detect([parked, moved], [_header(0, 0.0, "a"), _header(0, 0.0, "b")])
+    assert [r.car_inferences for r in first] == [1, 1]
+    batch = [moved, moved, parked]  # camera a changed, then stood still; camera b still
+    headers = [_header(1, 0.2, "a"), _header(2, 0.4, "a"), _header(1, 0.2, "b")]
+    results = gated.detect(batch, headers)
+    assert [r.car_inferences for r in results] == [1, 0, 1]  # b's parked frame differs from b's reference (moved)
+    np.testing.assert_array_equal(results[1].cars[:, :5], results[0].cars[:, :5])  # a's still frame: a's new cars
+    np.testing.assert_array_equal(results[2].cars[:, :5], first[0].cars[:, :5])
+    photos = _gated(red_model, car_model, motion=MotionConfig(enabled=True)).detect([parked, parked])
+    assert [r.car_inferences for r in photos] == [1, 1]  # without headers (photos) the car stage always runs
+
+
+def test_changed_share_counts_pixels_past_the_threshold_and_a_new_size_is_all_change() -> None:
+    a = np.zeros((90, 160), np.uint8)
+    b = a.copy()
+    b[:9, :16] = 26  # 144 of 14,400 pixels moved by 26 grey levels
+    assert changed_share(a, b, 25) == pytest.approx(0.01) and changed_share(a, b, 26) == 0.0
+    assert changed_share(a, np.zeros((80, 160), np.uint8), 25) == 1.0
+    assert thumbnail(np.zeros((720, 1280, 3), np.uint8)).shape == (90, 160)
+
+
+def test_a_parked_car_whose_pixels_did_not_change_is_reinspected_only_every_refresh_s(red_model: Path, car_model: Path) -> None:
+    gated = _gated(red_model, car_model, inspect_every_s=1.0, motion=MotionConfig(enabled=True, refresh_s=3.0))
+    parked = scene(0, [ON_CAR])
+    elsewhere = parked.copy()
+    cv2.rectangle(elsewhere, (10, 190), (40, 215), (230, 230, 230), -1)  # something moves on the asphalt, off the car
+    touched = elsewhere.copy()
+    cv2.rectangle(touched, (60, 120), (90, 140), (230, 230, 230), -1)  # something changes on the car itself
+    inspected, rows = [], []
+    for seq in range(50):  # 5 s at 10 fps
+        t = seq / 10
+        frame = parked if t < 3.5 else elsewhere if t < 4.2 else touched
+        [result] = gated.detect([frame], [_header(seq, t)])
+        if result.inferences:
+            inspected.append(t)
+        rows.append(len(result.rows))
+    # 0.0: new; 3.0: refresh_s; the change off the car at 3.5 runs the car stage but not the inspection;
+    # the change on the car at 4.2 is inspected once the last inspection is inspect_every_s old (4.2 >= 3.0 + 1.0)
+    assert inspected == pytest.approx([0.0, 3.0, 4.2])
+    assert rows == [1] * 50  # the held damage stands for the car all along

@@ -50,8 +50,8 @@ def test_with_the_car_stage_each_model_input_costs_two_writes_at_most(
     assert report.ok
     stats = report.stages["inference"]
     copies = stats["frame_copies"]
-    inputs = stats["frames"] + stats["damage_inferences"]  # the car stage's frame, then every crop
-    assert stats["damage_inferences"] > 0
+    inputs = stats["car_inferences"] + stats["damage_inferences"]  # the car stage's frames, then every crop
+    assert stats["damage_inferences"] > 0 and stats["car_inferences"] == stats["frames"]  # still frames not skipped here
     assert copies["sites"]["tensor"] == inputs and copies["sites"].get("resize", 0) <= inputs
     assert copies["avoidable_per_frame"] == 0.0 and copies["per_frame"] <= 2 * inputs / stats["frames"]
 
