@@ -186,17 +186,23 @@ class CarGatedDetector:
         if self.still is None or headers is None:
             return self._timed(self.car_seconds, self.cars.detect, frames), [None] * len(frames), [True] * len(frames)
         thumbs = [thumbnail(frame) for frame in frames]
-        ran = [self.still.needs_cars(h.camera, t, frame_time(h)) for t, h in zip(thumbs, headers)]
+        ran: list[bool] = []
+        sources: list[int | np.ndarray] = []  # per frame: an index into this batch's car-stage runs, or a camera's reused cars
+        pending: dict[str, int] = {}  # camera -> the run that made its newest reference in this batch
+        for thumb, header in zip(thumbs, headers):
+            run = self.still.needs_cars(header.camera, thumb, frame_time(header))
+            if run:
+                pending[header.camera] = sum(ran)
+            ran.append(run)
+            sources.append(pending[header.camera] if header.camera in pending else self.still.cars(header.camera))
         try:
-            fresh = iter(self._timed(self.car_seconds, self.cars.detect, [f for f, r in zip(frames, ran) if r]) if any(ran) else [])
+            fresh = self._timed(self.car_seconds, self.cars.detect, [f for f, r in zip(frames, ran) if r]) if pending else []
         except Exception:
-            self.still.forget({h.camera for h, r in zip(headers, ran) if r})  # no reference without its cars
+            self.still.forget(set(pending))  # no reference without its cars
             raise
-        found = []
-        for header, car_run in zip(headers, ran):
-            if car_run:
-                self.still.store(header.camera, next(fresh))
-            found.append(self.still.cars(header.camera))
+        for camera, run in pending.items():
+            self.still.store(camera, fresh[run])
+        found = [fresh[source] if isinstance(source, int) else source for source in sources]
         return found, thumbs, ran
 
     def windows(self, frame: np.ndarray) -> list[tuple[int, int, int, int]]:

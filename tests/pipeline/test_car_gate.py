@@ -250,6 +250,10 @@ def test_still_frames_in_one_batch_stand_on_their_own_cameras_cars(red_model: Pa
     assert [r.car_inferences for r in results] == [1, 0, 1]  # b's parked frame differs from b's reference (moved)
     np.testing.assert_array_equal(results[1].cars[:, :5], results[0].cars[:, :5])  # a's still frame: a's new cars
     np.testing.assert_array_equal(results[2].cars[:, :5], first[0].cars[:, :5])
+    still_then_moved = gated.detect([parked, moved], [_header(3, 0.6, "b"), _header(4, 0.8, "b")])  # b's reference: parked
+    assert [r.car_inferences for r in still_then_moved] == [0, 1]
+    np.testing.assert_array_equal(still_then_moved[0].cars[:, :5], first[0].cars[:, :5])  # the cars it had, not the new ones
+    np.testing.assert_array_equal(still_then_moved[1].cars[:, :5], results[0].cars[:, :5])
     photos = _gated(red_model, car_model, motion=MotionConfig(enabled=True)).detect([parked, parked])
     assert [r.car_inferences for r in photos] == [1, 1]  # without headers (photos) the car stage always runs
 
