@@ -1,15 +1,21 @@
-"""Live cameras, side by side: still frames skipped (``detector.cars.motion``) or not, per damage model.
+"""Live cameras, side by side: the camera scheduling policies, per damage model.
 
     .venv/bin/python bench/bench_cameras.py [--models M ...] [--limit 8] [--seconds 15] [--clip CLIP]
 
-For each damage model (default: the shipped v4 ensemble and v2), and each still-frames setting
-(off, on), the camera sweep of ``scratchwatch bench --cameras`` (``app.bench.camera_sweep``): the
+For each damage model (default: the shipped v4 ensemble and v2) and each policy, the camera sweep of ``scratchwatch bench --cameras`` (``app.bench.camera_sweep``): the
 lot clip resized to 1280x720, N paced file cameras at 5 analysed fps through ``run``'s supervisor,
 1, 2, 4 ... ``--limit`` then a bisection; a step holds when every camera gets >= 0.9 x 5 fps and
-the worst camera's p95 capture -> incidents latency is <= 250 ms. Everything else is config.yaml
-(strict car gate, the inspection scheduler). Each step also reports the car-stage and damage-model
-inferences per analysed frame, which is what the setting changes. Settings alternate within a
-model (off, on), so a neighbour's load hits both. JSON to stdout and ``bench/results/cameras.json``.
+the worst camera's p95 capture -> incidents latency is <= 250 ms. Policies (``detector.cars``):
+
+- ``every_frame``: the car stage on every frame, a moving car inspected on every frame it moved
+  (``motion.enabled: false``, ``inspect_moving: every_frame``; the policy before 2026-12-03);
+- ``still_frames``: still frames skip the car stage, moving cars as above;
+- ``shipped``: still frames skipped and moving cars inspected once at rest (config.yaml).
+
+Everything else is config.yaml (strict car gate, the inspection scheduler). Each step also reports
+the car-stage and damage-model inferences per analysed frame, which is what the policies change.
+Policies alternate within a model, so a neighbour's load hits each. JSON to stdout and
+``bench/results/cameras.json``.
 """
 
 from __future__ import annotations
@@ -32,15 +38,19 @@ LOT_CLIP = REPO / "demo" / "intel_car-detection.mp4"
 MODELS = [REPO / "models" / "scratchwatch-v4-ensemble-480.onnx", REPO / "models" / "scratchwatch-v2-yolov5n-480.onnx"]
 
 
-def sweep(model: Path, still: bool, args: argparse.Namespace) -> dict[str, Any]:
+POLICIES = {"every_frame": (False, "every_frame"), "still_frames": (True, "every_frame"), "shipped": (True, "at_rest")}
+
+
+def sweep(model: Path, policy: str, args: argparse.Namespace) -> dict[str, Any]:
     base = load_settings(REPO / "config.yaml")
     settings = bench_settings(base, base.data_dir, model, base.detector.threads, base.detector.max_batch)
     cars = settings.detector.cars
-    cars = cars.model_copy(update={"motion": cars.motion.model_copy(update={"enabled": still})})
+    still, moving = POLICIES[policy]
+    cars = cars.model_copy(update={"inspect_moving": moving, "motion": cars.motion.model_copy(update={"enabled": still})})
     settings = settings.model_copy(update={"detector": settings.detector.model_copy(update={"cars": cars})})
     started = time.time()
     result = camera_sweep(settings, args.clip, args.limit, 5.0, args.seconds, (1280, 720))
-    return {"model": model.name, "still_frames_skipped": still, "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    return {"model": model.name, "policy": policy, "still_frames_skipped": still, "inspect_moving": moving, "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
             "wall_s": round(time.time() - started, 1), **result}
 
 
@@ -48,15 +58,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, nargs="+", default=MODELS)
     parser.add_argument("--limit", type=int, default=8)
+    parser.add_argument("--policies", nargs="+", choices=list(POLICIES), default=list(POLICIES))
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--clip", type=Path, default=LOT_CLIP)
     args = parser.parse_args()
     runs = []
     for model in args.models:
-        for still in (False, True):
-            runs.append(sweep(model, still, args))
+        for policy in args.policies:
+            runs.append(sweep(model, policy, args))
             step = runs[-1]
-            print(f"{model.name} still frames {'skipped' if still else 'analysed'}: {step['cameras_held']} cameras held "
+            print(f"{model.name} {policy}: {step['cameras_held']} cameras held "
                   f"(p95 {step['p95_latency_ms']} ms)", file=sys.stderr)
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)

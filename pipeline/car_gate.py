@@ -39,6 +39,8 @@ NO_CAR = np.full(DETECTION_COLUMNS - DAMAGE_COLUMNS, -1.0, dtype=np.float32)
 """The car columns of a damage box that lies on no found car."""
 MOVED_IOU = 0.8
 """A tracked car whose box overlaps its last inspected box less than this has moved."""
+REST_IOU = 0.9
+"""With ``inspect_moving: at_rest``, a car whose box overlaps its previous frame's this much has come to rest."""
 CAR_TRACKING = TrackerConfig(iou_threshold=0.3, min_hits=1, max_missed=5)
 
 
@@ -80,8 +82,12 @@ class InspectionScheduler:
     more than ``ceil(due cars / per_frame)`` frames; a car that waits keeps its held boxes only
     if it has not moved (moved, they no longer lie on it)."""
 
-    def __init__(self, every_s: float, per_frame: int = 0, still: StillFrames | None = None) -> None:
+    def __init__(self, every_s: float, per_frame: int = 0, still: StillFrames | None = None, moving: str = "every_frame") -> None:
         self.every_s, self.per_frame = every_s, per_frame
+        self.at_rest = moving == "at_rest"
+        """A car that moved is inspected once it comes to rest (and every ``every_s`` while it keeps
+        moving) instead of on every frame it moves: a car driving through is blurred, half out of view,
+        and leaving; the view worth checking is the one it parks in."""
         self.still = still
         """With still frames on: a car is re-inspected on time only if its pixels changed since its last
         inspection, and at least every ``still.config.refresh_s`` regardless."""
@@ -98,6 +104,8 @@ class InspectionScheduler:
         plan = _Plan(np.concatenate([cars[:, :5], ids], axis=1), [], tracks=tracks)
         now = frame_time(header)
         due = [i for i, track in enumerate(tracks) if self._due(track.state, cars[i], now, thumb, header.shape[1])]
+        for track, car in zip(tracks, cars):
+            track.state["last_box"] = car[:4].copy()
         due.sort(key=lambda i: float(tracks[i].state.get("inspected_at", -np.inf)))  # new first, then the longest waiting
         chosen = set(due[: self.per_frame] if self.per_frame else due)
         for index, track in enumerate(tracks):
@@ -105,7 +113,7 @@ class InspectionScheduler:
                 track.state.update(inspected_at=now, inspected_box=cars[index, :4].copy(), inspected_thumb=thumb, held=None)
                 plan.inspect.append(index)
                 continue
-            if index in due and self._moved(track.state, cars[index]):
+            if self._moved(track.state, cars[index]):
                 track.state["held"] = None  # deferred after moving: its old boxes are off the car now
             plan.held.append(track)
         return plan
@@ -116,15 +124,23 @@ class InspectionScheduler:
         track.state["held"] = rows
 
     def _due(self, state: dict, car: np.ndarray, now: float, thumb: np.ndarray | None = None, frame_width: int = 0) -> bool:
-        if "inspected_at" not in state or self._moved(state, car):
+        if "inspected_at" not in state:
             return True
         age = now - float(state["inspected_at"])
+        if self._moved(state, car):
+            return not self.at_rest or age >= self.every_s or age < 0 or self._resting(state, car)
         if age < self.every_s and age >= 0:
             return False
         before = state.get("inspected_thumb")
         if thumb is None or before is None or stale(age, self.still.config.refresh_s):
             return True
         return self.still.region_changed(before, thumb, car, frame_width)  # unchanged pixels: the same answer again
+
+    @staticmethod
+    def _resting(state: dict, car: np.ndarray) -> bool:
+        """The car's box barely changed since the previous frame (IoU >= ``REST_IOU``)."""
+        last = state.get("last_box")
+        return last is not None and float(box_iou(car[None, :4], np.asarray(last)[None])[0, 0]) >= REST_IOU
 
     @staticmethod
     def _moved(state: dict, car: np.ndarray) -> bool:
@@ -144,7 +160,7 @@ class CarGatedDetector:
     def __init__(
         self, damage: Detector, cars: CarDetector | None, gate: CarGate, *, margin: float = 0.08,
         max_batch: int = 4, inspect_every_s: float = 0.0, photo_whole_share: float = 0.3, max_zoom: float = 0.0,
-        inspections_per_frame: int = 0, motion: MotionConfig | None = None,
+        inspections_per_frame: int = 0, motion: MotionConfig | None = None, inspect_moving: str = "every_frame",
     ) -> None:
         if gate != "off" and cars is None:
             raise ValueError(f"car gate {gate!r} needs a car stage")
@@ -153,7 +169,8 @@ class CarGatedDetector:
         self.max_zoom = max_zoom
         self.still = StillFrames(motion) if motion is not None and motion.enabled and gate != "off" else None
         """Cameras: still frames reuse their camera's cars instead of running the car stage."""
-        self.scheduler = InspectionScheduler(inspect_every_s, inspections_per_frame, self.still) if inspect_every_s > 0 else None
+        self.scheduler = (InspectionScheduler(inspect_every_s, inspections_per_frame, self.still, inspect_moving)
+                          if inspect_every_s > 0 else None)
         self.car_seconds = Histogram()
         """Car-stage time per ``detect`` call (every chunk of the batch): the metrics' car-stage latency."""
         self.damage_seconds = Histogram()
@@ -343,6 +360,7 @@ def build_detector(
         damage, cars, gate, margin=config.cars.margin, max_batch=config.max_batch, inspect_every_s=config.cars.inspect_every_s,
         photo_whole_share=config.cars.photo_whole_share, max_zoom=config.cars.max_zoom,
         inspections_per_frame=config.cars.inspections_per_frame, motion=config.cars.motion,
+        inspect_moving=config.cars.inspect_moving,
     )
 
 

@@ -223,7 +223,7 @@ CarGate = Literal["strict", "photo", "off"]
 
 class MotionConfig(_Section):
     enabled: bool = Field(
-        default=False,
+        default=True,
         title="Skip the car stage on still frames",
         description="Cameras: a frame that differs from the one the camera's car boxes came from in fewer than min_share of "
         "its thumbnail's pixels reuses those boxes instead of running the car model (a car cannot appear, leave or move "
@@ -290,6 +290,13 @@ class CarStageConfig(_Section):
         "Due cars beyond it wait for the next frames (new cars first, then the longest uninspected), so a burst of "
         "new cars (a camera starting on a full lot) does not stall the camera: with N due cars every one is checked within "
         "ceil(N / cap) frames, so the inspect_every_s guarantee stretches by that much.",
+    )
+    inspect_moving: Literal["every_frame", "at_rest"] = Field(
+        default="at_rest",
+        title="Moving cars",
+        description="Cameras: every_frame: a car that moved since its last inspection is checked on every frame it moves; "
+        "at_rest: once it comes to rest (its box overlaps the previous frame's by IoU >= 0.9), and every inspect_every_s "
+        "while it keeps moving. New cars are checked at once either way.",
     )
     motion: MotionConfig = Field(
         default_factory=MotionConfig, title="Still frames", description="Cameras: when the car stage may reuse the last frame's cars."

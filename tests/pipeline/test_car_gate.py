@@ -286,3 +286,22 @@ def test_a_parked_car_whose_pixels_did_not_change_is_reinspected_only_every_refr
     # the change on the car at 4.2 is inspected once the last inspection is inspect_every_s old (4.2 >= 3.0 + 1.0)
     assert inspected == pytest.approx([0.0, 3.0, 4.2])
     assert rows == [1] * 50  # the held damage stands for the car all along
+
+
+def test_at_rest_inspects_a_moving_car_when_it_stops_and_every_interval_while_it_drives() -> None:
+    scheduler = InspectionScheduler(every_s=2.0, moving="at_rest")
+    every_frame = InspectionScheduler(every_s=2.0)
+    inspected, inspected_every_frame = [], []
+    for seq in range(30):  # 10 fps: drives 12 px per frame (IoU with its last frame ~0.8) for 2.5 s, then parks
+        t = seq / 10
+        x = 10 + 12 * min(seq, 25)
+        car = np.array([[x, 50, x + 100, 100, 0.9]], np.float32)
+        if scheduler.plan(_header(seq, t), car).inspect:
+            inspected.append(t)
+        if every_frame.plan(_header(seq, t), car).inspect:
+            inspected_every_frame.append(t)
+    # first sight; every 2 s while it drives; the frame after it stopped (its box then matches the previous one)
+    assert inspected == pytest.approx([0.0, 2.0, 2.6])
+    assert len(inspected_every_frame) > 10  # every_frame: each frame it moved past IoU 0.8 from its last inspection
+    held = scheduler.plan(_header(30, 3.0), np.array([[310, 50, 410, 100, 0.9]], np.float32))
+    assert held.inspect == [] and len(held.held) == 1  # parked now: held until the next interval

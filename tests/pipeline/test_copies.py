@@ -51,7 +51,7 @@ def test_with_the_car_stage_each_model_input_costs_two_writes_at_most(
     stats = report.stages["inference"]
     copies = stats["frame_copies"]
     inputs = stats["car_inferences"] + stats["damage_inferences"]  # the car stage's frames, then every crop
-    assert stats["damage_inferences"] > 0 and stats["car_inferences"] == stats["frames"]  # still frames not skipped here
+    assert stats["damage_inferences"] > 0 and 0 < stats["car_inferences"] <= stats["frames"]  # still frames skip the car stage
     assert copies["sites"]["tensor"] == inputs and copies["sites"].get("resize", 0) <= inputs
     assert copies["avoidable_per_frame"] == 0.0 and copies["per_frame"] <= 2 * inputs / stats["frames"]
 
