@@ -41,6 +41,8 @@ MOVED_IOU = 0.8
 """A tracked car whose box overlaps its last inspected box less than this has moved."""
 REST_IOU = 0.9
 """With ``inspect_moving: at_rest``, a car whose box overlaps its previous frame's this much has come to rest."""
+AFTER_BATCH = object()
+"""A held car's boxes come from an inspection earlier in the same batch: read them after it ran."""
 CAR_TRACKING = TrackerConfig(iou_threshold=0.3, min_hits=1, max_missed=5)
 
 
@@ -62,8 +64,10 @@ class _Plan:
 
     cars: np.ndarray
     inspect: list[int]
-    held: list[Track] = field(default_factory=list)
-    """Tracked cars not inspected in this frame: their latest inspection's boxes stand for them."""
+    held: list[tuple[Track, np.ndarray | None | object]] = field(default_factory=list)
+    """Tracked cars not inspected in this frame, each with the boxes that stand for it: those of its
+    latest inspection as of this frame, or ``AFTER_BATCH`` when that inspection is in an earlier
+    frame of the same batch (its result is known only once the batch's crops ran)."""
     tracks: list[Track] | None = None
     """The car tracks (scheduled cameras only), aligned with ``cars``."""
     whole_frame: bool = False
@@ -110,18 +114,19 @@ class InspectionScheduler:
         chosen = set(due[: self.per_frame] if self.per_frame else due)
         for index, track in enumerate(tracks):
             if index in chosen:
-                track.state.update(inspected_at=now, inspected_box=cars[index, :4].copy(), inspected_thumb=thumb, held=None)
+                track.state.update(inspected_at=now, inspected_box=cars[index, :4].copy(), inspected_thumb=thumb, held=None,
+                                   pending=True)
                 plan.inspect.append(index)
                 continue
             if self._moved(track.state, cars[index]):
                 track.state["held"] = None  # deferred after moving: its old boxes are off the car now
-            plan.held.append(track)
+            plan.held.append((track, AFTER_BATCH if track.state.get("pending") else track.state.get("held")))
         return plan
 
     @staticmethod
     def remember(track: Track, rows: np.ndarray) -> None:
         """The damage found on an inspected car, standing for it until its next inspection."""
-        track.state["held"] = rows
+        track.state.update(held=rows, pending=False)
 
     def _due(self, state: dict, car: np.ndarray, now: float, thumb: np.ndarray | None = None, frame_width: int = 0) -> bool:
         if "inspected_at" not in state:
@@ -290,7 +295,10 @@ class CarGatedDetector:
                 InspectionScheduler.remember(plan.tracks[car_index], rows)
             found[frame_index].append(rows)
         for plan, rows in zip(plans, found):  # after every inspection of the batch: a car inspected in frame k holds in k+1
-            rows.extend(track.state["held"] for track in plan.held if track.state.get("held") is not None)
+            for track, held in plan.held:  # a frame before the inspection keeps the boxes it had, one after gets the new ones
+                held = track.state.get("held") if held is AFTER_BATCH else held
+                if held is not None:
+                    rows.append(held)
         return [
             FrameResult(_merge(rows, self.damage.iou_threshold), _reported_cars(plan), inferences[i])
             for i, (plan, rows) in enumerate(zip(plans, found))

@@ -230,7 +230,7 @@ class MotionConfig(_Section):
         "without the picture changing). Damage inspections are scheduled as before.",
     )
     pixel_threshold: int = Field(
-        default=25, ge=0, le=255, title="Changed pixel", description="Grey levels (0-255) a blurred thumbnail pixel must move to count as changed."
+        default=25, ge=0, le=255, title="Changed pixel", description="Levels (0-255) any colour channel of a blurred thumbnail pixel must move for it to count as changed."
     )
     min_share: float = Field(
         default=0.002, ge=0, le=1, title="Changed share",

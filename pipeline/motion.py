@@ -3,9 +3,10 @@
 On a parking-lot camera most analysed frames show the same parked cars as the frame before, yet the
 car stage (a YOLOv5n pass over the whole frame) is the largest fixed cost per frame. Like Frigate,
 which runs its object detector only where its motion detector saw change, each camera keeps a
-small blurred grey thumbnail of the frame its car boxes came from; a later frame whose thumbnail
-differs from it in fewer than ``min_share`` of its pixels (by more than ``pixel_threshold`` grey
-levels) reuses those boxes instead of running the model. The comparison is with that reference
+small blurred colour thumbnail of the frame its car boxes came from; a later frame whose thumbnail
+differs from it in fewer than ``min_share`` of its pixels (by more than ``pixel_threshold`` levels
+in any of the three channels: a grey difference would miss a red mark on a car of the same
+brightness) reuses those boxes instead of running the model. The comparison is with that reference
 frame, not with the previous frame, so change that creeps in slowly (a car inching out of its bay)
 adds up until it triggers the car stage. ``refresh_s`` bounds how long boxes are reused at all.
 
@@ -84,17 +85,17 @@ def stale(age_s: float, refresh_s: float) -> bool:
 
 
 def thumbnail(frame: np.ndarray) -> np.ndarray:
-    """A small blurred grey copy: the blur keeps sensor noise and compression blocks from counting as change."""
+    """A small blurred copy: the blur keeps sensor noise and compression blocks from counting as change."""
     height, width = frame.shape[:2]
     size = (THUMB_WIDTH, max(1, round(height * THUMB_WIDTH / width)))
-    small = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-    if small.ndim == 3:
-        small = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
-    return cv2.GaussianBlur(small, (5, 5), 0)
+    return cv2.GaussianBlur(cv2.resize(frame, size, interpolation=cv2.INTER_AREA), (5, 5), 0)
 
 
 def changed_share(reference: np.ndarray, thumb: np.ndarray, pixel_threshold: int) -> float:
-    """Share of thumbnail pixels whose grey level moved more than ``pixel_threshold``; 1.0 if the size changed."""
+    """Share of thumbnail pixels where any channel moved more than ``pixel_threshold``; 1.0 if the size changed."""
     if reference.shape != thumb.shape or not thumb.size:
         return 1.0
-    return float(np.count_nonzero(cv2.absdiff(reference, thumb) > pixel_threshold)) / thumb.size
+    difference = cv2.absdiff(reference, thumb)
+    if difference.ndim == 3:
+        difference = difference.max(axis=2)
+    return float(np.count_nonzero(difference > pixel_threshold)) / difference.size

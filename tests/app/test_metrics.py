@@ -30,7 +30,8 @@ def test_loopback_by_default_and_fed_by_stage_events() -> None:
         latency = {"bounds_s": [0.01, 0.1], "counts": [3, 5], "count": 6, "sum_s": 0.4}
         copies = {"sites": {"resize": 10, "tensor": 12}, "per_frame": 2.2, "avoidable_per_frame": 0.0}
         exporter.on_event("inference", "heartbeat", {"malformed": 2, "refused": 9, "latency": latency, "batches": 6, "frames": 10,
-                                                     "batch_wait": latency, "frame_copies": copies})
+                                                     "batch_wait": latency, "frame_copies": copies, "car_inferences": 4,
+                                                     "damage_inferences": 3})
         exporter.on_event("incidents", "heartbeat", {"snapshot_errors": 1, "errors": 0, "frames": {"cam": 10}})
         text = _get(exporter.port)
     finally:
@@ -43,6 +44,8 @@ def test_loopback_by_default_and_fed_by_stage_events() -> None:
     assert 'scratchwatch_inference_frame_copies_total{site="tensor"} 12.0' in text
     assert 'scratchwatch_inference_frame_copies_total{site="resize"} 10.0' in text
     assert "scratchwatch_inference_batches_total 6.0" in text and "scratchwatch_inference_frames_total 10.0" in text
+    assert "scratchwatch_inference_car_inferences_total 4.0" in text  # 6 of 10 frames were still: no car-stage pass
+    assert "scratchwatch_inference_damage_inferences_total 3.0" in text
     assert "scratchwatch_incidents_snapshot_errors_total 1.0" in text
     assert "scratchwatch_retention_incidents_deleted_total 7.0" in text
     assert 'scratchwatch_stage_last_heartbeat_timestamp_seconds{stage="inference"}' in text

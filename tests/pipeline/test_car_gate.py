@@ -204,12 +204,12 @@ def test_a_car_that_moved_while_waiting_for_its_turn_holds_no_stale_boxes() -> N
     car_a, car_b = plan.tracks
     InspectionScheduler.remember(car_a, damage)
     plan = scheduler.plan(_header(1, 0.1), cars)
-    assert plan.inspect == [1] and car_a in plan.held and car_a.state["held"] is damage  # parked: its boxes stand for it
+    assert plan.inspect == [1] and car_a in [t for t, _ in plan.held] and car_a.state["held"] is damage  # parked: its boxes stand for it
     InspectionScheduler.remember(car_b, damage)
     moved = cars + np.array([40, 0, 40, 0, 0], np.float32)  # both drive on: IoU with the inspected boxes < 0.8
     plan = scheduler.plan(_header(2, 0.2), moved)
     assert plan.inspect == [0]  # both due; car A was inspected longest ago
-    assert car_b in plan.held and car_b.state["held"] is None  # waiting, and its old boxes are off the car now
+    assert car_b in [t for t, _ in plan.held] and car_b.state["held"] is None  # waiting, and its old boxes are off the car now
     assert scheduler.plan(_header(3, 0.3), moved).inspect == [1]  # its turn comes next frame
 
 
@@ -264,7 +264,12 @@ def test_changed_share_counts_pixels_past_the_threshold_and_a_new_size_is_all_ch
     b[:9, :16] = 26  # 144 of 14,400 pixels moved by 26 grey levels
     assert changed_share(a, b, 25) == pytest.approx(0.01) and changed_share(a, b, 26) == 0.0
     assert changed_share(a, np.zeros((80, 160), np.uint8), 25) == 1.0
-    assert thumbnail(np.zeros((720, 1280, 3), np.uint8)).shape == (90, 160)
+    assert thumbnail(np.zeros((720, 1280, 3), np.uint8)).shape == (90, 160, 3)
+    car = np.full((90, 160, 3), CAR_BLUE, np.uint8)
+    marked = car.copy()
+    marked[40:52, 60:72] = RED_BGR  # about as bright as the blue body: a grey difference would not see it
+    grey = [cv2.cvtColor(x, cv2.COLOR_BGR2GRAY) for x in (car, marked)]
+    assert changed_share(grey[0], grey[1], 25) == 0.0 and changed_share(car, marked, 25) == pytest.approx(144 / 14_400)
 
 
 def test_a_parked_car_whose_pixels_did_not_change_is_reinspected_only_every_refresh_s(red_model: Path, car_model: Path) -> None:
@@ -305,3 +310,12 @@ def test_at_rest_inspects_a_moving_car_when_it_stops_and_every_interval_while_it
     assert len(inspected_every_frame) > 10  # every_frame: each frame it moved past IoU 0.8 from its last inspection
     held = scheduler.plan(_header(30, 3.0), np.array([[310, 50, 410, 100, 0.9]], np.float32))
     assert held.inspect == [] and len(held.held) == 1  # parked now: held until the next interval
+
+
+def test_in_one_batch_an_inspection_stands_for_the_later_frames_only(red_model: Path, car_model: Path) -> None:
+    gated = _gated(red_model, car_model, inspect_every_s=1.0)
+    assert len(gated.detect([scene(0, [])], [_header(0, 0.0)])[0].rows) == 0  # inspected: no damage
+    marked = scene(0, [Mark(0, 100, (200, 100, 30, 10))])  # damage appears; the next inspection is due at 1.0 s
+    results = gated.detect([marked] * 4, [_header(seq, t) for seq, t in zip(range(8, 12), (0.8, 0.9, 1.0, 1.1))])
+    assert [r.inferences for r in results] == [0, 0, 1, 0]
+    assert [len(r.rows) for r in results] == [0, 0, 1, 1]  # 0.8 and 0.9 come before the inspection that found it

@@ -20,7 +20,7 @@ from pipeline.runner import Supervisor, replay_files, replay_specs
 from storage.db import connect
 from storage.repository import IncidentRecord, IncidentRepository
 from tests.pipeline.conftest import CLIP_FRAMES, CLIP_MARKS
-from tests.pipeline.synthetic import write_clip
+from tests.pipeline.synthetic import RED_BGR, scene, write_clip
 
 BOX_TOLERANCE_PX = 6
 
@@ -208,3 +208,34 @@ def test_inference_dying_mid_run_still_closes_and_saves_open_incidents(make_sett
     assert len(rows) == 1 and rows[0].first_media_time_s == 1.0
     assert rows[0].closed_at is not None, "the open incident was closed by the in-band STOP"
     assert rows[0].snapshot_path and (settings.data_dir / "snapshots" / rows[0].snapshot_path).is_file()
+
+
+def test_a_parked_cars_damage_gives_the_same_incidents_when_still_frames_skip_the_car_stage(make_settings, tmp_path: Path) -> None:
+    """A car that never moves, damage marks appearing on it: skipping still frames saves car-stage
+    runs and inspections and finds the same incidents as running everything on every frame."""
+    clip = tmp_path / "parked.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (320, 240))
+    for index in range(CLIP_FRAMES):
+        frame = scene(0, [])  # no drift: the car is parked
+        for mark in CLIP_MARKS:
+            if mark.visible(index):
+                x, y, w, h = mark.box
+                cv2.rectangle(frame, (x, y), (x + w - 1, y + h - 1), RED_BGR, -1)
+        writer.write(frame)
+    writer.release()
+    found = {}
+    for still in (False, True):
+        cars = {"model": str(make_settings().detector.cars.model), "inspect_every_s": 1.0, "motion": {"enabled": still}}
+        settings = make_settings(detector={"cars": cars}, data_dir=str(tmp_path / f"data-{still}"))
+        report = replay_files(settings, [clip], progress=False)
+        assert report.ok, report
+        rows = stored(settings.database_url)
+        found[still] = ([(r.first_media_time_s, r.detection_count) for r in rows], report.stages["inference"])
+    assert [t for t, _ in found[True][0]] == [t for t, _ in found[False][0]] == [m.start / 10 for m in CLIP_MARKS]
+    # skipping re-inspects the car when its pixels change, so it also sees each mark go at once;
+    # the full run holds the last boxes until the next 1 s inspection
+    assert [n for _, n in found[True][0]] == [m.end - m.start for m in CLIP_MARKS], found
+    assert all(n_full >= n for (_, n), (_, n_full) in zip(found[True][0], found[False][0]))
+    skipping, full = found[True][1], found[False][1]
+    assert full["car_inferences"] == full["frames"] == CLIP_FRAMES
+    assert skipping["car_inferences"] < CLIP_FRAMES / 2 and skipping["damage_inferences"] < full["damage_inferences"]
