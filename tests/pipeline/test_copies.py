@@ -53,7 +53,7 @@ def test_with_the_car_stage_each_model_input_costs_two_writes_at_most(
     inputs = stats["car_inferences"] + stats["damage_inferences"]  # the car stage's frames, then every crop
     assert stats["damage_inferences"] > 0 and 0 < stats["car_inferences"] <= stats["frames"]  # still frames skip the car stage
     assert copies["sites"]["tensor"] == inputs and copies["sites"].get("resize", 0) <= inputs
-    assert copies["avoidable_per_frame"] == 0.0 and copies["per_frame"] <= 2 * inputs / stats["frames"]
+    assert copies["avoidable_per_frame"] == 0.0 and copies["per_frame"] <= round(2 * inputs / stats["frames"], 3)  # reported to 3 places
 
 
 def test_letterbox_allocates_no_canvas_only_the_resized_image() -> None:
