@@ -210,19 +210,19 @@ class CarGatedDetector:
         thumbs = [thumbnail(frame) for frame in frames]
         ran: list[bool] = []
         sources: list[int | np.ndarray] = []  # per frame: an index into this batch's car-stage runs, or a camera's reused cars
-        pending: dict[str, int] = {}  # camera -> the run that made its newest reference in this batch
+        new_reference: dict[str, int] = {}  # camera -> the run that made its newest reference in this batch
         for thumb, header in zip(thumbs, headers):
             run = self.still.needs_cars(header.camera, thumb, frame_time(header))
             if run:
-                pending[header.camera] = sum(ran)
+                new_reference[header.camera] = sum(ran)
             ran.append(run)
-            sources.append(pending[header.camera] if header.camera in pending else self.still.cars(header.camera))
+            sources.append(new_reference[header.camera] if header.camera in new_reference else self.still.cars(header.camera))
         try:
-            fresh = self._timed(self.car_seconds, self.cars.detect, [f for f, r in zip(frames, ran) if r]) if pending else []
+            fresh = self._timed(self.car_seconds, self.cars.detect, [f for f, r in zip(frames, ran) if r]) if new_reference else []
         except Exception:
-            self.still.forget(set(pending))  # no reference without its cars
+            self.still.forget(set(new_reference))  # no reference without its cars
             raise
-        for camera, run in pending.items():
+        for camera, run in new_reference.items():
             self.still.store(camera, fresh[run])
         found = [fresh[source] if isinstance(source, int) else source for source in sources]
         return found, thumbs, ran
