@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from app.bench import bench_settings, camera_sweep  # noqa: E402
+from bench.bench_cars import camera_policy  # noqa: E402
 from pipeline.config import load_settings  # noqa: E402
 
 LOT_CLIP = REPO / "demo" / "intel_car-detection.mp4"
@@ -44,9 +45,8 @@ POLICIES = {"every_frame": (False, "every_frame"), "still_frames": (True, "every
 def sweep(model: Path, policy: str, args: argparse.Namespace) -> dict[str, Any]:
     base = load_settings(REPO / "config.yaml")
     settings = bench_settings(base, base.data_dir, model, base.detector.threads, base.detector.max_batch)
-    cars = settings.detector.cars
     still, moving = POLICIES[policy]
-    cars = cars.model_copy(update={"inspect_moving": moving, "motion": cars.motion.model_copy(update={"enabled": still})})
+    cars = camera_policy(settings.detector.cars, still, moving)
     settings = settings.model_copy(update={"detector": settings.detector.model_copy(update={"cars": cars})})
     started = time.time()
     result = camera_sweep(settings, args.clip, args.limit, 5.0, args.seconds, (1280, 720))

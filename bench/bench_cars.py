@@ -33,7 +33,7 @@ from bench.bench_replay import bench_settings, decode_frames, steady_fps  # noqa
 from export.car_eval import car_stage_accuracy, labelled_frames  # noqa: E402
 from pipeline.car_gate import build_detector  # noqa: E402
 from pipeline.cars import CarDetector  # noqa: E402
-from pipeline.config import DEFAULT_MODEL, load_settings  # noqa: E402
+from pipeline.config import DEFAULT_MODEL, CarStageConfig, load_settings  # noqa: E402
 from pipeline.geometry import box_iou, margin_window  # noqa: E402
 from pipeline.messages import FrameHeader  # noqa: E402
 from pipeline.runner import replay_files  # noqa: E402
@@ -69,6 +69,12 @@ def model_ms(args: argparse.Namespace) -> dict[str, float]:
             "cars_per_frame": round(len(crops) / len(frames), 3)}
 
 
+def camera_policy(cars: CarStageConfig, still: bool, moving: str, **update: Any) -> CarStageConfig:
+    """``cars`` with a camera policy: still frames skipped or not, moving cars inspected ``every_frame`` or ``at_rest``."""
+    motion = cars.motion.model_copy(update={"enabled": still})
+    return cars.model_copy(update={"motion": motion, "inspect_moving": moving, **update})
+
+
 def still_agreement(args: argparse.Namespace, conf: float = 0.05) -> dict[str, Any]:
     """What skipping still frames changes: the clip frame by frame through the camera detection path
     (scheduler on, moving cars inspected on every frame) with still frames analysed and skipped, at a low damage threshold so there are
@@ -81,8 +87,7 @@ def still_agreement(args: argparse.Namespace, conf: float = 0.05) -> dict[str, A
                            shape=frame.shape) for i, frame in enumerate(frames)]
     runs = {}
     for still in (False, True):
-        cars = settings.detector.cars
-        cars = cars.model_copy(update={"motion": cars.motion.model_copy(update={"enabled": still}), "inspect_moving": "every_frame"})
+        cars = camera_policy(settings.detector.cars, still, "every_frame")
         config = settings.detector.model_copy(update={"provider": "cpu", "threads": args.threads, "cars": cars})
         detector = build_detector(config, "strict", conf)
         runs[still] = [detector.detect([frame], [header])[0] for frame, header in zip(frames, headers)]
@@ -105,9 +110,7 @@ def replay(args: argparse.Namespace, inspect_every_s: float, still: bool = True,
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="scratchwatch-bench-") as tmp:
             settings = bench_settings(Path(tmp), REPO / DEFAULT_MODEL, args.threads, 4, car_gate="strict")
-            cars = settings.detector.cars
-            motion = cars.motion.model_copy(update={"enabled": still})
-            cars = cars.model_copy(update={"inspect_every_s": inspect_every_s, "motion": motion, "inspect_moving": moving})
+            cars = camera_policy(settings.detector.cars, still, moving, inspect_every_s=inspect_every_s)
             settings = settings.model_copy(update={"detector": settings.detector.model_copy(update={"cars": cars})})
             report = replay_files(settings, [args.clip], progress=False)
         if not report.ok:
