@@ -10,9 +10,10 @@ One run, one clip, one model file, one machine, so the figures can be set side b
   (``car_gate: off``) and, when the config has a car stage, with it (the config's gate);
 - ``detections_match``: ultralytics and the replay's detection path (``build_detector`` with the
   replay's settings, run in-process on the same decoded frames) agree box for box (2 px, 0.01);
-- ``--cameras N``: 1, 2, 4 ... N copies of the clip (looped, resized, paced at their frame rate)
-  through ``run``'s supervisor; per camera the analysed frames/s and the p50/p95 capture ->
-  incidents-stage latency; it stops at the first count that no longer keeps up.
+- ``--cameras N``: 1, 2, 4 ... N copies of the clip (looped, resized, paced at their frame rate,
+  camera i starting i/N of the way into the clip unless ``--cameras-in-phase``) through ``run``'s
+  supervisor; per camera the analysed frames/s and the p50/p95 capture -> incidents-stage latency;
+  it stops at the first count that no longer keeps up, then bisects.
 
 Pieces are shared with ``bench/bench_replay.py`` (``decode_frames``, ``raw_fps``, ``steady_fps``,
 ``bench_settings``).
@@ -57,8 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="threshold of the detection comparison, low so there are boxes to compare (default 0.1)")
     bench.add_argument("--cameras", type=int, help="try 1, 2, 4 ... N paced cameras through `run`")
     bench.add_argument("--camera-fps", type=float, default=5.0, help="analysed fps per camera (default 5)")
-    bench.add_argument("--camera-seconds", type=float, default=15.0, help="length of each camera step (default 15)")
+    bench.add_argument("--camera-seconds", type=float, default=30.0,
+                       help="length of each camera step (default 30: a p95 over 150 frames per camera, not 75)")
     bench.add_argument("--camera-size", default="1280x720", help="frame size the cameras deliver, WxH (default 1280x720)")
+    bench.add_argument("--cameras-in-phase", action="store_true",
+                       help="every camera shows the same frame at the same time (default: camera i starts i/N into the clip)")
     bench.add_argument("--json", action="store_true", help="one JSON object on stdout")
     bench.add_argument("--chart", type=Path, metavar="PNG", help="draw the figures (needs matplotlib)")
     bench.set_defaults(func=cmd_bench)
@@ -197,29 +201,45 @@ def replay_fps(settings: Settings, clip: Path, gate: str) -> dict[str, Any]:
     return {"fps": round(steady_fps(report), 1), "frames": report.frames, "incidents": report.incidents}
 
 
-def camera_clip(clip: Path, out: Path, seconds: float, size: tuple[int, int]) -> Path:
-    """The clip resized to ``size`` and looped to ``seconds`` (a camera that keeps delivering)."""
+def camera_clip(clip: Path, out: Path, seconds: float, size: tuple[int, int], start_share: float = 0.0) -> Path:
+    """The clip resized to ``size`` and looped to ``seconds`` (a camera that keeps delivering),
+    starting ``start_share`` of the way into the clip (0.5: its middle)."""
     cap = cv2.VideoCapture(str(clip))
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    frames = []
-    while len(frames) < int(seconds * fps):
+    total = int(seconds * fps)
+    length = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or total
+    order = [(int(start_share * length) + i) % length for i in range(total)]
+    wanted, frames, index = set(order), {}, 0
+    while len(frames) < len(wanted):
         ok, frame = cap.read()
         if not ok:
             break
-        frames.append(cv2.resize(frame, size, interpolation=cv2.INTER_AREA))
+        if index in wanted:
+            frames[index] = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+        index += 1
     cap.release()
     if not frames:
         raise ValueError(f"clip {clip}: no frame decodes")
     writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-    for index in range(int(seconds * fps)):
-        writer.write(frames[index % len(frames)])
+    for index in order:
+        if index in frames:  # a container that overstates its frame count: what decodes, in order
+            writer.write(frames[index])
     writer.release()
     return out
 
 
-def camera_step(settings: Settings, clip: Path, count: int, fps: float, staggered: bool = False) -> dict[str, Any]:
-    """``count`` paced file cameras on ``clip`` through ``run``'s supervisor; ``staggered`` spreads
-    their start over one frame period (real cameras are not in phase), else they start together."""
+def camera_clips(clip: Path, folder: Path, count: int, seconds: float, size: tuple[int, int], phased: bool) -> list[Path]:
+    """One clip per camera. ``phased``: camera i starts i/count of the way into the clip, so N
+    cameras see different moments (real cameras do not see the same car park at the same instant);
+    else they all show the same frames at the same time (every burst of work lands on all at once)."""
+    if not phased:
+        return [camera_clip(clip, folder / "camera.mp4", seconds, size)]
+    return [camera_clip(clip, folder / f"camera{i}.mp4", seconds, size, i / count) for i in range(count)]
+
+
+def camera_step(settings: Settings, clips: Path | list[Path], count: int, fps: float, staggered: bool = False) -> dict[str, Any]:
+    """``count`` paced file cameras through ``run``'s supervisor, camera i on ``clips[i]`` (cycled;
+    one path: all on it); ``staggered`` spreads their start over one frame period, else they start together."""
     from pipeline.capture import SourceSpec
     from pipeline.runner import Supervisor
 
@@ -236,7 +256,8 @@ def camera_step(settings: Settings, clip: Path, count: int, fps: float, staggere
 
     with tempfile.TemporaryDirectory(prefix="scratchwatch-cameras-") as tmp:
         run = settings.model_copy(update={"data_dir": Path(tmp)})
-        specs = [SourceSpec(camera=f"cam{i}", source=str(clip), fps=fps, realtime=True) for i in range(count)]
+        sources = [clips] if isinstance(clips, Path) else clips
+        specs = [SourceSpec(camera=f"cam{i}", source=str(sources[i % len(sources)]), fps=fps, realtime=True) for i in range(count)]
         usage = CpuUse()
         report = (Staggered if staggered else Supervisor)(run, specs).run()
         cpu = usage.since()
@@ -301,25 +322,29 @@ def largest_held(limit: int, keeps_up: Callable[[int], bool]) -> int:
     return held
 
 
-def camera_sweep(settings: Settings, clip: Path, limit: int, fps: float, seconds: float, size: tuple[int, int]) -> dict[str, Any]:
+def camera_sweep(settings: Settings, clip: Path, limit: int, fps: float, seconds: float, size: tuple[int, int],
+                 phased: bool = True) -> dict[str, Any]:
+    """The largest camera count that keeps up (``largest_held``); cameras phased through the clip
+    unless ``phased`` is false (``camera_clips``)."""
     with tempfile.TemporaryDirectory(prefix="scratchwatch-camclip-") as tmp:
-        looped = camera_clip(clip, Path(tmp) / "camera.mp4", seconds, size)
+        clips = camera_clips(clip, Path(tmp), limit, seconds, size, phased)
         steps: dict[int, dict[str, Any]] = {}
 
         def keeps_up(count: int) -> bool:
-            steps[count] = camera_step(settings, looped, count, fps)
+            steps[count] = camera_step(settings, clips[:count] if phased else clips, count, fps)
             return steps[count]["keeps_up"]
 
         held = largest_held(limit, keeps_up)
     return {"cameras_held": held, "p95_latency_ms": steps[held]["p95_latency_ms"] if held else None,
-            "camera_steps": [steps[n] for n in sorted(steps)], "camera_fps": fps, "camera_size": f"{size[0]}x{size[1]}"}
+            "camera_steps": [steps[n] for n in sorted(steps)], "camera_fps": fps, "camera_size": f"{size[0]}x{size[1]}",
+            "cameras_phased": phased}
 
 
 # ---- the command --------------------------------------------------------------------------------
 
 def run_bench(settings: Settings, clip: Path, model: Path, frames: int, cameras: int | None = None,
-              camera_fps: float = 5.0, camera_seconds: float = 15.0, camera_size: tuple[int, int] = (1280, 720),
-              match_conf: float = 0.1) -> dict[str, Any]:
+              camera_fps: float = 5.0, camera_seconds: float = 30.0, camera_size: tuple[int, int] = (1280, 720),
+              match_conf: float = 0.1, cameras_phased: bool = True) -> dict[str, Any]:
     from pipeline.detector import Detector
 
     config = settings.detector
@@ -355,7 +380,7 @@ def run_bench(settings: Settings, clip: Path, model: Path, frames: int, cameras:
                         "replay_vs_ultralytics": round(whole / loop[0], 2) if loop and loop[0] else None}
     if cameras:
         cams = base.model_copy(update={"detector": base.detector.model_copy(update={"car_gate": config.car_gate})})
-        result.update(camera_sweep(cams, clip, cameras, camera_fps, camera_seconds, camera_size))
+        result.update(camera_sweep(cams, clip, cameras, camera_fps, camera_seconds, camera_size, cameras_phased))
     return result
 
 
@@ -432,7 +457,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.cameras is not None and args.cameras < 1:
             raise ValueError(f"--cameras: must be at least 1, got {args.cameras}")
         result = run_bench(settings, args.clip, Path(model), args.frames, args.cameras, args.camera_fps,
-                           args.camera_seconds, size, args.match_conf)
+                           args.camera_seconds, size, args.match_conf, not args.cameras_in_phase)
     except (ValueError, RuntimeError) as exc:
         print(f"scratchwatch bench: {exc}", file=sys.stderr)
         return 1

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import yaml
 
-from app.bench import camera_counts, detections_match, largest_held
+import cv2
+
+from app.bench import camera_clips, camera_counts, detections_match, largest_held
 from pipeline.cli import main
 from pipeline.latency import LatencyLog
 from tests.pipeline.synthetic import Mark, build_red_model, write_clip
@@ -92,3 +94,31 @@ def test_latency_log_percentiles_per_camera_in_a_bounded_window() -> None:
     summary = log.summary()
     assert summary["a"]["frames"] == 200 and 90 <= summary["a"]["p95"] < 110 and 45 <= summary["a"]["p50"] < 60
     assert summary["b"]["frames"] == 1 and summary["b"]["fps"] == 0.0 and summary["b"]["p50"] >= 5
+
+
+def _flat_clip(path: Path, frames: int) -> Path:
+    """Frame i is flat grey 10 * i: which frame a camera shows can be read off its mean."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    for index in range(frames):
+        writer.write(np.full((48, 64, 3), 10 * index, np.uint8))
+    writer.release()
+    return path
+
+
+def _levels(path: Path) -> list[int]:
+    cap = cv2.VideoCapture(str(path))
+    levels = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            return levels
+        levels.append(round(float(frame.mean()) / 10))
+
+
+def test_phased_cameras_start_i_over_n_into_the_clip_and_loop_in_phase_ones_all_start_at_its_beginning(tmp_path: Path) -> None:
+    clip = _flat_clip(tmp_path / "flat.avi", 20)
+    phased = camera_clips(clip, tmp_path, 4, 2.5, (32, 24), phased=True)  # 25 frames each: the clip and 5 more
+    assert [_levels(path) for path in phased] == [[(start + i) % 20 for i in range(25)] for start in (0, 5, 10, 15)]
+    [together] = camera_clips(clip, tmp_path, 4, 1.0, (32, 24), phased=False)
+    assert _levels(together) == list(range(10))
+    assert cv2.VideoCapture(str(together)).get(cv2.CAP_PROP_FRAME_WIDTH) == 32
