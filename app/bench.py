@@ -237,29 +237,19 @@ def camera_clips(clip: Path, folder: Path, count: int, seconds: float, size: tup
     return [camera_clip(clip, folder / f"camera{i}.mp4", seconds, size, i / count) for i in range(count)]
 
 
-def camera_step(settings: Settings, clips: Path | list[Path], count: int, fps: float, staggered: bool = False) -> dict[str, Any]:
+def camera_step(settings: Settings, clips: Path | list[Path], count: int, fps: float, spread: bool = True) -> dict[str, Any]:
     """``count`` paced file cameras through ``run``'s supervisor, camera i on ``clips[i]`` (cycled;
-    one path: all on it); ``staggered`` spreads their start over one frame period, else they start together."""
-    from pipeline.capture import SourceSpec
+    one path: all on it). ``spread``: their frame times spread over the period as ``run`` spreads
+    its cameras' (``spread_phases``); false: every camera sends in the same instant (before 2026-12-06)."""
+    from pipeline.capture import SourceSpec, spread_phases
     from pipeline.runner import Supervisor
-
-    class Staggered(Supervisor):
-        def _start_captures(self, ctx: Any) -> None:
-            specs = self.specs
-            try:
-                for spec in specs:
-                    self.specs = [spec]
-                    super()._start_captures(ctx)
-                    time.sleep(1 / fps / count)
-            finally:
-                self.specs = specs
 
     with tempfile.TemporaryDirectory(prefix="scratchwatch-cameras-") as tmp:
         run = settings.model_copy(update={"data_dir": Path(tmp)})
         sources = [clips] if isinstance(clips, Path) else clips
         specs = [SourceSpec(camera=f"cam{i}", source=str(sources[i % len(sources)]), fps=fps, realtime=True) for i in range(count)]
         usage = CpuUse()
-        report = (Staggered if staggered else Supervisor)(run, specs).run()
+        report = Supervisor(run, spread_phases(specs) if spread else specs).run()
         cpu = usage.since()
     latency = report.stages.get("incidents", {}).get("latency_ms", {})
     inference = report.stages.get("inference", {})  # frames per batch: cross-camera batching as it happens
@@ -325,7 +315,7 @@ def largest_held(limit: int, keeps_up: Callable[[int], bool]) -> int:
 def camera_sweep(settings: Settings, clip: Path, limit: int, fps: float, seconds: float, size: tuple[int, int],
                  phased: bool = True) -> dict[str, Any]:
     """The largest camera count that keeps up (``largest_held``); cameras phased through the clip
-    unless ``phased`` is false (``camera_clips``)."""
+    unless ``phased`` is false (``camera_clips``). Frame times are spread as ``run`` spreads them."""
     with tempfile.TemporaryDirectory(prefix="scratchwatch-camclip-") as tmp:
         clips = camera_clips(clip, Path(tmp), limit, seconds, size, phased)
         steps: dict[int, dict[str, Any]] = {}

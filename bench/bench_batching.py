@@ -11,8 +11,8 @@ other processes add hits every mode alike. Modes:
 - ``wait``: ``batch_frames: max_batch``, ``batch_wait_ms: --wait-ms``: frames are gathered until
   the batch is full or the oldest waited that long.
 
-Cameras start staggered over one frame period (real cameras are not in phase; ``--in-phase``
-starts them together). Per step: analysed fps per camera, p50/p95 capture -> incidents-stage
+Cameras send spread over one frame period, as ``run`` spreads them (``spread_phases``;
+``--in-phase``: all in the same instant). Per step: analysed fps per camera, p50/p95 capture -> incidents-stage
 latency, frames per batch, frame copies per frame, and the CPU the capture process (decode) and
 the stage processes used. Writes one JSON object (stdout, and ``--out``), with the load average
 before and after every step.
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--size", default="1280x720")
     parser.add_argument("--modes", nargs="+", default=["off", "drain", "wait"])
-    parser.add_argument("--in-phase", action="store_true", help="start every camera at once")
+    parser.add_argument("--in-phase", action="store_true", help="every camera sends in the same instant")
     parser.add_argument("--detector-only", type=int, nargs="*", metavar="BATCH",
                         help="instead: frames/s of the configured detection path in-process at these batch sizes")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
@@ -70,7 +70,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "clip": str(args.clip), "model": str(config.model),
         "car_gate": config.car_gate, "max_batch": config.max_batch, "camera_fps": args.fps, "camera_size": args.size,
-        "seconds": args.seconds, "staggered": not args.in_phase, "cpu_count": os.cpu_count(),
+        "seconds": args.seconds, "spread": not args.in_phase, "cpu_count": os.cpu_count(),
         "modes": {name: table[name] for name in args.modes}, "steps": [],
     }
     with tempfile.TemporaryDirectory(prefix="scratchwatch-batching-") as tmp:
@@ -82,7 +82,7 @@ def main() -> None:
                     settings = bench_settings(base, base.data_dir, config.model, config.threads, config.max_batch,
                                               car_gate=config.car_gate, **table[name])
                     load_before = os.getloadavg()[0]
-                    step = camera_step(settings, clip, count, args.fps, staggered=not args.in_phase)
+                    step = camera_step(settings, clip, count, args.fps, spread=not args.in_phase)
                     step.update(mode=name, repeat=repeat, load_before=round(load_before, 2), load_after=round(os.getloadavg()[0], 2))
                     result["steps"].append(step)
                     print(json.dumps({k: step[k] for k in ("mode", "cameras", "min_camera_fps", "p95_latency_ms", "mean_batch",

@@ -23,7 +23,7 @@ from typing import Any
 import zmq
 
 from pipeline.backoff import Backoff
-from pipeline.capture import EOS_TIMEOUT_MS, CaptureThread, SourceSpec
+from pipeline.capture import EOS_TIMEOUT_MS, CaptureThread, SourceSpec, spread_phases
 from pipeline.config import Settings
 from pipeline.incidents import incidents_main
 from pipeline.inference import inference_main
@@ -459,7 +459,7 @@ class Supervisor:
 
 
 def camera_specs(settings: Settings) -> list[SourceSpec]:
-    return [SourceSpec.from_camera(camera) for camera in settings.cameras if camera.enabled]
+    return spread_phases([SourceSpec.from_camera(camera) for camera in settings.cameras if camera.enabled])
 
 
 def replay_specs(settings: Settings, files: list[Path], *, realtime: bool = False) -> list[SourceSpec]:
@@ -471,7 +471,7 @@ def replay_specs(settings: Settings, files: list[Path], *, realtime: bool = Fals
         seen[stem] = seen.get(stem, 0) + 1
         camera = f"replay:{stem}" if seen[stem] == 1 else f"replay:{stem}-{seen[stem]}"
         specs.append(SourceSpec(camera=camera, source=str(Path(path).resolve()), fps=settings.replay.fps, realtime=realtime))
-    return specs
+    return spread_phases(specs)
 
 
 def replay_files(

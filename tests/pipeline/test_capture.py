@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from pipeline.backoff import Backoff
-from pipeline.capture import CaptureThread, SourceSpec, redact
+from pipeline.capture import CaptureThread, SourceSpec, redact, spread_phases
 from pipeline.config import CaptureConfig
 from pipeline.messages import EosHeader, Frame, decode
 from pipeline.runner import Supervisor
@@ -60,6 +60,42 @@ def test_file_is_sampled_by_media_time_losslessly_and_ends_with_an_acknowledged_
     assert [f.header.seq for f in frames] == list(range(24))
     assert {(f.header.camera, f.header.kind, f.header.shape) for f in frames} == {("lot", "replay", (240, 320, 3))}
     assert messages[-1] == EosHeader(camera="lot", kind="replay", source=str(two_mark_clip), frames=24)
+
+
+def test_paced_sources_are_spread_over_the_sampling_period_and_replays_are_not() -> None:
+    specs = [SourceSpec(camera="a", source=UNREACHABLE, fps=5), SourceSpec(camera="replay", source="/x.mp4"),
+             SourceSpec(camera="b", source="/lot.mp4", fps=5, realtime=True), SourceSpec(camera="c", source=0, fps=2)]
+    assert [(s.camera, s.phase) for s in spread_phases(specs)] == [("a", 0.0), ("replay", 0.0), ("b", pytest.approx(1 / 3)),
+                                                                   ("c", pytest.approx(2 / 3))]
+
+
+def test_a_realtime_source_with_a_phase_sends_that_share_of_a_period_later(tmp_path: Path, two_mark_clip: Path) -> None:
+    """Two cameras started together, at 4 fps: b, at phase 0.5, sends each frame 125 ms after a."""
+    ctx = zmq.Context()
+    stop = threading.Event()
+    threads = []
+    try:
+        sock = pull_socket(ctx, f"ipc://{tmp_path}/f.sock", hwm=100)
+        pull_socket(ctx, f"ipc://{tmp_path}/c.sock", hwm=10)
+        for camera, phase in (("a", 0.0), ("b", 0.5)):
+            spec = SourceSpec(camera=camera, source=str(two_mark_clip), fps=4.0, realtime=True, phase=phase)
+            threads.append(CaptureThread(spec, ctx, f"ipc://{tmp_path}/f.sock", 100, CaptureConfig(), stop,
+                                         control=f"ipc://{tmp_path}/c.sock"))
+        for thread in threads:
+            thread.start()
+        sent: dict[str, list[int]] = {"a": [], "b": []}
+        while min(len(times) for times in sent.values()) < 4:
+            assert sock.poll(5000), "a realtime camera stopped sending"
+            frame = decode(sock.recv_multipart(copy=False))
+            sent[frame.header.camera].append(frame.header.captured_ns)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.acked.set()
+            thread.join(5)
+        ctx.destroy(linger=0)
+    lags = [(b - a) / 1e9 for a, b in zip(sent["a"][:4], sent["b"][:4])]
+    assert all(0.08 < lag < 0.2 for lag in lags), lags
 
 
 def test_live_send_never_blocks_and_counts_drops(tmp_path: Path) -> None:
