@@ -1,10 +1,10 @@
 """Live cameras, side by side: the camera scheduling policies, per damage model.
 
-    .venv/bin/python bench/bench_cameras.py [--models M ...] [--limit 8] [--seconds 15] [--clip CLIP]
+    .venv/bin/python bench/bench_cameras.py [--models M ...] [--limit 8] [--seconds 30] [--clip CLIP]
         [--policies P ...] [--phases phased in-phase]
 
-For each damage model (default: the shipped v4 ensemble and v2) and each policy, the camera sweep of ``scratchwatch bench --cameras`` (``app.bench.camera_sweep``): the
-lot clip resized to 1280x720, N paced file cameras at 5 analysed fps through ``run``'s supervisor,
+For each damage model (default: the shipped v4 ensemble and v2) and each policy, the camera sweep
+of ``scratchwatch bench --cameras`` (``app.bench.camera_sweep``): the lot clip resized to 1280x720, N paced file cameras at 5 analysed fps through ``run``'s supervisor,
 1, 2, 4 ... ``--limit`` then a bisection; a step holds when every camera gets >= 0.9 x 5 fps and
 the worst camera's p95 capture -> incidents latency is <= 250 ms. Policies (``detector.cars``):
 
@@ -14,8 +14,9 @@ the worst camera's p95 capture -> incidents latency is <= 250 ms. Policies (``de
 - ``shipped``: still frames skipped and moving cars inspected once at rest (config.yaml).
 
 ``--phases phased in-phase``: camera i starts i/N of the way into the clip
-(default), or every camera shows the same frame at the same time (each car that parks lands on all
-N cameras in the same instant: the worst case).
+(default), or every camera shows the same clip moment (each car that parks is inspected on all N
+cameras at once: the worst case). Either way the cameras' frame times are spread over the period
+as ``run`` spreads them (``pipeline.capture.spread_phases``).
 
 Everything else is config.yaml (strict car gate, the inspection scheduler). Each step also reports
 the car-stage and damage-model inferences per analysed frame, which is what the policies change.
