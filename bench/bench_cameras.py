@@ -4,8 +4,9 @@
         [--policies P ...] [--phases phased in-phase]
 
 For each damage model (default: the shipped v4 ensemble and v2) and each policy, the camera sweep
-of ``scratchwatch bench --cameras`` (``app.bench.camera_sweep``): the lot clip resized to 1280x720, N paced file cameras at 5 analysed fps through ``run``'s supervisor,
-1, 2, 4 ... ``--limit`` then a bisection; a step holds when every camera gets >= 0.9 x 5 fps and
+of ``scratchwatch bench --cameras`` (``app.bench.camera_sweep``): the lot clip resized to 1280x720,
+N paced file cameras at 5 analysed fps through ``run``'s supervisor, 1, 2, 4 ... ``--limit`` then a
+bisection; a step holds when every camera gets >= 0.9 x 5 fps and
 the worst camera's p95 capture -> incidents latency is <= 250 ms. Policies (``detector.cars``):
 
 - ``every_frame``: the car stage on every frame, a moving car inspected on every frame it moved
