@@ -156,7 +156,8 @@ def ultralytics_loop(model: Path, clip: Path, imgsz: tuple[int, int], conf: floa
 
 
 def detections_match(ours: list[np.ndarray], theirs: list[np.ndarray]) -> dict[str, Any]:
-    """Frame by frame, each box matched to its nearest counterpart: within 2 px and 0.01 in score."""
+    """Frame by frame, each box matched to its nearest counterpart: within 2 px and 0.01 in score.
+    ``match`` is None when neither side found a box: nothing was compared, so nothing was shown."""
     bad, worst_px, worst_score = [], 0.0, 0.0
     for index, (a, b) in enumerate(zip(ours, theirs)):
         if len(a) != len(b):
@@ -171,8 +172,10 @@ def detections_match(ours: list[np.ndarray], theirs: list[np.ndarray]) -> dict[s
         worst_px, worst_score = max(worst_px, px), max(worst_score, score)
         if px > BOX_TOLERANCE_PX or score > SCORE_TOLERANCE or len(set(nearest.tolist())) != len(a):
             bad.append(index)
-    return {"match": not bad and len(ours) == len(theirs), "frames": min(len(ours), len(theirs)),
-            "boxes": int(sum(len(a) for a in ours)), "mismatched_frames": bad[:20],
+    boxes = int(sum(len(a) for a in ours))
+    agree = not bad and len(ours) == len(theirs)
+    return {"match": None if agree and not boxes else agree, "frames": min(len(ours), len(theirs)),
+            "boxes": boxes, "mismatched_frames": bad[:20],
             "max_box_diff_px": round(worst_px, 3), "max_score_diff": round(worst_score, 4)}
 
 

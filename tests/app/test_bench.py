@@ -69,6 +69,8 @@ def test_detections_match_tolerates_2px_and_001_but_not_more() -> None:
     assert not moved["match"] and moved["mismatched_frames"] == [0] and moved["max_box_diff_px"] == 2.5
     assert not detections_match([box], [box + [0, 0, 0, 0, 0.02]])["match"]
     assert not detections_match([box], [np.concatenate([box, box + 100])])["match"]  # one box more
+    assert detections_match([box[:0], box[:0]], [box[:0], box[:0]])["match"] is None  # no box either side: nothing shown
+    assert detections_match([box[:0]], [box])["match"] is False
 
 
 def test_camera_counts_double_up_to_the_limit() -> None:
