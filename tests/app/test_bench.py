@@ -7,13 +7,12 @@ import json
 import importlib.util
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import yaml
 
-import cv2
-
-from app.bench import camera_clips, camera_counts, detections_match, largest_held
+from app.bench import camera_clips, camera_counts, decode_frames, detections_match, largest_held
 from pipeline.cli import main
 from pipeline.latency import LatencyLog
 from tests.pipeline.synthetic import Mark, build_red_model, write_clip
@@ -108,13 +107,7 @@ def _flat_clip(path: Path, frames: int) -> Path:
 
 
 def _levels(path: Path) -> list[int]:
-    cap = cv2.VideoCapture(str(path))
-    levels = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            return levels
-        levels.append(round(float(frame.mean()) / 10))
+    return [round(float(frame.mean()) / 10) for frame in decode_frames(path, 1000)]
 
 
 def test_phased_cameras_start_i_over_n_into_the_clip_and_loop_in_phase_ones_all_start_at_its_beginning(tmp_path: Path) -> None:
