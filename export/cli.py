@@ -140,7 +140,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v.add_argument("--clips", type=Path, nargs="*", default=sorted((SHARED / "videos").glob("*.mp4")),
                    help="clean clips to replay: every incident on them is a false alarm")
     v.add_argument("--sweep", type=float, nargs="+", metavar="T",
-                   help="also replay the clips at each of these thresholds (to choose the shipped one)")
+                   help="P/R and detections on undamaged photos at each of these thresholds, and a replay of the clips at each "
+                        "(to choose the shipped one)")
+    v.add_argument("--embed", action="store_true",
+                   help="store --threshold and the test metrics in the model file, as `export` does (the shipped operating point)")
     v.add_argument("--out", type=Path, help="report folder (default: runs/eval/<model stem>)")
     v.add_argument("--provider", default="auto")
     v.set_defaults(func=_reported(_cmd_evaluate))
@@ -328,8 +331,8 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from export.evaluate import run_evaluation
 
-    if args.sweep and not args.clips:
-        print("scratchwatch evaluate: --sweep counts false alarms on clean clips: give --clips", file=sys.stderr)
+    if args.embed and args.threshold is None:
+        print("scratchwatch evaluate: --embed stores the operating threshold: give --threshold", file=sys.stderr)
         return 2
     report = run_evaluation(
         args.model, args.data, split=args.split, threshold=args.threshold, clips=args.clips,
@@ -353,9 +356,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         errors = row.get("errors") or {}
         failed = failed or bool(errors)
         alarms = (f"error: {'; '.join(f'{clip}: {why}' for clip, why in errors.items())} (false alarms not counted)" if errors
+                  else "no clip replayed" if row["total_false_alarms"] is None
                   else f"{row['total_false_alarms']} false alarms {row['false_alarms']}")
-        print(f"  threshold {row['threshold']}: P {row['precision']:.3f} R {row['recall']:.3f}, {alarms}")
+        background = ", ".join(f"{name} {b['per_50_photos']:g}/50" for name, b in row["background"].items())
+        print(f"  threshold {row['threshold']}: P {row['precision']:.3f} R {row['recall']:.3f}, {alarms}"
+              f"{f'; on photos without damage: {background}' if background else ''}")
     print(f"report: {report.outputs['report']}")
+    if args.embed and not failed:
+        from export.onnx_export import embed_evaluation
+
+        scored = embed_evaluation(args.model, args.data, args.threshold)
+        print(f"embedded in {args.model}: threshold {scored['threshold']}, test mAP@0.5 {scored['metrics']['mAP50']:.3f}")
     return 1 if failed else 0
 
 

@@ -181,12 +181,16 @@ def replay_clips(model: Path, threshold: float, clips: list[Path], work_dir: Pat
     }
 
 
-def _sweep_row(ev: Evaluation, threshold: float, replayed: dict[str, dict]) -> dict:
-    """False alarms of the clips analysed to their end; the others are listed in ``errors`` and make
-    the total None (unknown), so a model that analysed nothing never reads as "no false alarms"."""
+def _sweep_row(ev: Evaluation, threshold: float, replayed: dict[str, dict] | None, background: dict[str, dict]) -> dict:
+    """P/R and the detections on photos without damage at ``threshold``, and the false alarms of the
+    clips analysed to their end; the others are listed in ``errors`` and make the total None
+    (unknown), so a model that analysed nothing never reads as "no false alarms". With no clips
+    (``replayed`` None) the total is None too: nothing was replayed."""
+    replayed = replayed or {}
     alarms = {name: r["incidents"] for name, r in replayed.items() if not r["error"]}
     errors = {name: r["error"] for name, r in replayed.items() if r["error"]}
-    return at_threshold(ev, threshold) | {"false_alarms": alarms, "total_false_alarms": None if errors else sum(alarms.values()),
+    total = None if errors or not replayed else sum(alarms.values())
+    return at_threshold(ev, threshold) | {"background": background, "false_alarms": alarms, "total_false_alarms": total,
                                           "errors": errors}
 
 
@@ -204,14 +208,12 @@ def run_evaluation(
 ) -> EvalReport:
     """Metrics (photo gate, and gate off), PR curve and false alarms on clean clips, in ``out_dir``.
 
-    ``sweep`` replays the clips once per threshold too, which is how the shipped threshold is
-    chosen: the lowest one that raises no false alarm, with a margin. ``base`` is the detector
-    config whose car stage is used (default: the config file's).
+    ``sweep`` gives, per threshold, P/R and the detections on undamaged photos, and replays the
+    clips (when given) once per threshold too: how the shipped threshold is chosen (the rule is the
+    model card's). ``base`` is the detector config whose car stage is used (default: the config file's).
     """
     import tempfile
 
-    if sweep and not clips:
-        raise ValueError("a threshold sweep counts false alarms on clean clips: give --clips")
     ev, images, found = evaluate_model(model, data, split, provider, gate="photo", base=base)
     threshold = threshold if threshold is not None else (model_threshold(model) or ev.best_threshold)
     whole, _, found_whole = evaluate_model(model, data, split, provider, progress=False, gate="off", base=base)
@@ -228,9 +230,12 @@ def run_evaluation(
             report.clips = replay_clips(model, threshold, list(clips), Path(work), base)
             report.sweep = [
                 _sweep_row(ev, t, report.clips if t == threshold else
-                           replay_clips(model, t, list(clips), Path(work) / f"sweep-{t}", base))
+                           replay_clips(model, t, list(clips), Path(work) / f"sweep-{t}", base),
+                           background_alarms(images, found, t))
                 for t in sweep or []
             ]
+    else:
+        report.sweep = [_sweep_row(ev, t, None, background_alarms(images, found, t)) for t in sweep or []]
     report.outputs = {"pr_curve": str(out_dir / "pr_curve.png"), "pr_curve_no_car_gate": str(out_dir / "pr_curve_no_car_gate.png"),
                       "report": str(out_dir / "metrics.json")}
     write_report(report, out_dir)

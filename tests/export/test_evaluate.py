@@ -11,8 +11,11 @@ import pytest
 
 from export.dataset import build_dataset
 from export.evaluate import run_evaluation
+from export.onnx_export import read_metadata
 from tests.export.conftest import photo, write_label
+from pipeline.cli import main
 from pipeline.config import DetectorConfig
+from pipeline.detector import THRESHOLD_KEY
 from tests.pipeline.synthetic import RED_BGR, Mark, build_car_model, build_red_model, write_clip
 
 SIZE = (200, 160)  # w, h
@@ -67,6 +70,42 @@ def test_evaluate_scores_by_source_replays_clips_and_sweeps(tmp_path: Path) -> N
     assert (out / "pr_curve_no_car_gate.png").stat().st_size > 0
 
 
-def test_a_sweep_without_clips_is_refused_before_any_work(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="clips"):
-        run_evaluation(tmp_path / "absent.onnx", tmp_path, clips=[], out_dir=tmp_path / "eval", sweep=[0.5])
+def _undamaged(root: Path, seeds: range) -> Path:
+    """Photos with a duller red mark (the red model scores it about 0.84) but no box: every detection
+    on them is a false alarm."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    x, y, w, h = MARK
+    for seed in seeds:
+        grey = cv2.cvtColor(cv2.cvtColor(photo(seed, SIZE[::-1]), cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+        cv2.rectangle(grey, (x, y), (x + w - 1, y + h - 1), (60, 60, 200), -1)
+        cv2.imwrite(str(root / "images" / f"u{seed}.png"), grey)
+        write_label(root / "labels" / f"u{seed}.txt", [])
+    return root
+
+
+def test_a_sweep_without_clips_lists_each_threshold_and_embed_stores_the_chosen_one(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data"
+    build_dataset([_source(tmp_path / "alpha", range(0, 4), label_elsewhere=False), _undamaged(tmp_path / "clean", range(20, 25))],
+                  data, fractions={"train": 0.0, "val": 0.5, "test": 0.5}, progress=False)  # embed reads val too
+    model = build_red_model(tmp_path / "red.onnx", imgsz=128)
+
+    report = run_evaluation(model, data, threshold=0.5, clips=[], out_dir=tmp_path / "eval", provider="cpu", sweep=[0.5, 0.95])
+
+    low, high = report.sweep
+    assert low["recall"] == 1.0 and low["total_false_alarms"] is None, "no clip replayed: no false-alarm count, not zero"
+    clean = low["background"]["clean"]
+    assert clean["photos"] > 0 and clean["false_detections"] == clean["photos"] and clean["per_50_photos"] == 50.0  # the mark on each
+    assert high["recall"] == 1.0 and high["background"]["clean"]["false_detections"] == 0  # the bright marks only
+
+    before = read_metadata(model)[THRESHOLD_KEY] if THRESHOLD_KEY in read_metadata(model) else None
+    assert main(["evaluate", str(model), str(data), "--clips", "--threshold", "0.42", "--embed", "--sweep", "0.42",
+                 "--out", str(tmp_path / "eval2"), "--provider", "cpu"]) == 0
+    assert "clean 50/50" in capsys.readouterr().out
+    assert before != "0.42" and read_metadata(model)[THRESHOLD_KEY] == "0.42"
+    assert json.loads(read_metadata(model)["scratchwatch_metrics"])["shipped"]["threshold"] == 0.42
+
+
+def test_embed_needs_the_threshold_it_stores(tmp_path: Path, capsys) -> None:
+    assert main(["evaluate", str(tmp_path / "m.onnx"), str(tmp_path), "--clips", "--embed"]) == 2
+    assert "--embed stores the operating threshold: give --threshold" in capsys.readouterr().err
