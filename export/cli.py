@@ -124,6 +124,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     u.add_argument("--out", type=Path, help="default: MODEL-u8.onnx next to MODEL (what detector.input_type: uint8 runs)")
     u.set_defaults(func=_reported(_cmd_u8))
 
+    d = subparsers.add_parser("fast-dfl", help="rewrite a YOLOv5u/v8 head's box decode (DFL) so ONNX Runtime runs it faster; same outputs, checked")
+    d.add_argument("model", type=Path, help="an ONNX model exported by ultralytics (or an ensemble of them)")
+    d.add_argument("--out", type=Path, help="default: the model itself, replaced only once the rewritten file's output equals it")
+    d.set_defaults(func=_reported(_cmd_fast_dfl))
+
     n = subparsers.add_parser("ensemble", help="several damage models (and their mirrored view) as one ONNX model, outputs averaged anchor by anchor")
     n.add_argument("out", type=Path, help="the ensemble's ONNX file")
     n.add_argument("models", type=Path, nargs="+", help="float32 models with the same head and classes; the first gives the input size and metadata")
@@ -154,6 +159,7 @@ def _reported(command):
     ends the command with its one-line message, which names the file, instead of a traceback."""
     def run(args: argparse.Namespace) -> int:
         from export.dataset import DatasetError
+        from export.dfl import FastDflError
         from export.ensemble import EnsembleError
         from export.fp16 import Fp16Error
         from export.quantize import QuantizeError
@@ -162,7 +168,8 @@ def _reported(command):
 
         try:
             return command(args)
-        except (DatasetError, EnsembleError, WeightsError, QuantizeError, Fp16Error, Uint8InputError, FileNotFoundError) as exc:
+        except (DatasetError, FastDflError, EnsembleError, WeightsError, QuantizeError, Fp16Error, Uint8InputError,
+                FileNotFoundError) as exc:
             print(f"scratchwatch {args.command}: {exc}", file=sys.stderr)
             return 1
 
@@ -309,6 +316,15 @@ def _cmd_fp16(args: argparse.Namespace) -> int:
     print(f"wrote {recipe['out']}: float16 weights and activations, float32 input and output; raw output vs {args.model} "
           f"on the CPU: boxes within {recipe['max_box_diff_px']:.3g} px, scores within {recipe['max_score_diff']:.3g}; "
           f"use it with detector.precision: fp16 (for GPUs)")
+    return 0
+
+
+def _cmd_fast_dfl(args: argparse.Namespace) -> int:
+    from export.dfl import fast_dfl
+
+    recipe = fast_dfl(args.model, args.out)
+    print(f"wrote {recipe['out']}: {recipe['rewritten']} DFL decode(s) as a last-axis softmax and a MatMul; raw output "
+          f"within {recipe['max_raw_diff']:.3g} of {args.model}")
     return 0
 
 

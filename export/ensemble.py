@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export.dfl import rewrite_dfl
 from export.onnx_export import _put_metadata, save_variant
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ def build_ensemble(members: list[Path], out: Path, *, flip: bool = False, thresh
     nodes.append(helper.make_node("Mean", views, [y.name]))
     merged = helper.make_model(helper.make_graph(nodes, "scratchwatch-ensemble", [x], [y], inits),
                                opset_imports=protos[0].opset_import, ir_version=protos[0].ir_version)
+    rewrite_dfl(merged)  # members exported before export.dfl existed run their decode faster too; the parity below checks it
     onnx.checker.check_model(merged)
     _put_metadata(merged, {k: v for k, v in meta.items() if k not in STALE_KEYS})
     if threshold is not None:

@@ -56,7 +56,9 @@ def _restore(model, tensors: dict[str, np.ndarray]) -> list[tuple[object, object
             elif kind == "bias" and owner.endswith(".conv") and f"{parent}.bn.weight" in state:
                 fused.append((modules[owner], modules[f"{parent}.bn"], array))
                 used.add(name)
-    missing = [k for k in state if k.endswith(".weight") and k not in used and not k.endswith("bn.weight")]
+    # the DFL conv's weights are the fixed bins 0..15 the model is built with (never trained), and a
+    # file rewritten by `scratchwatch fast-dfl` holds them as a MatMul constant: not missing
+    missing = [k for k in state if k.endswith(".weight") and k not in used and not k.endswith("bn.weight") and ".dfl." not in k]
     if missing or not fused:
         raise OnnxInitError(f"ONNX tensors do not map onto {MODEL_YAML}: {len(missing)} weights missing, e.g. {missing[:3]}")
     return fused
