@@ -112,6 +112,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "percentile and entropy keep histograms of every activation (many GB at 480 px)")
     q.add_argument("--keep-float", nargs="+", metavar="PREFIX", default=[],
                    help="node-name prefixes left in float, e.g. /model.8/ /model.9/ (the layers int8 hurts most)")
+    q.add_argument("--int8-head", action="store_true",
+                   help="quantize the detection head's convs too (default: float; int8 there is faster and loses the most mAP)")
     q.set_defaults(func=_reported(_cmd_quantize))
 
     h = subparsers.add_parser("fp16", help="half-precision copy of an ONNX model for GPUs (float32 inputs and outputs kept)")
@@ -293,7 +295,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     out = args.out or args.model.with_name(f"{args.model.stem}-int8.onnx")
     recipe = quantize_model(args.model, args.data, out, split=args.split, limit=args.limit, fmt=args.fmt,
                             per_channel=args.per_channel, method=args.calibration,
-                            keep_float=args.keep_float)
+                            keep_float=args.keep_float, float_head=not args.int8_head)
     print(f"wrote {out}: {recipe['format']}, {'per-channel' if recipe['per_channel'] else 'per-tensor'} int8 weights, "
           f"calibrated ({recipe['calibration']}) on {recipe['calibration_images']} images of {recipe['calibration_data']}; "
           f"use it with detector.model: {out}")

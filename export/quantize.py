@@ -95,13 +95,14 @@ def decode_tail(model: onnx.ModelProto) -> list[str]:
 
 
 def head_module(model: onnx.ModelProto, tail: list[str]) -> list[str]:
-    """All nodes of the module the decode tail belongs to (ultralytics names them ``/model.24/...``):
-    the detection head's own convs, whose box-distribution logits int8 blurs most. [] if unnamed."""
-    prefixes = {"/".join(name.split("/")[:2]) + "/" for name in tail if name.startswith("/") and name.count("/") > 1}
-    if len(prefixes) != 1:
+    """All nodes of the module the decode tail belongs to (ultralytics names them ``/model.24/...``;
+    in an ensemble each member's copy is ``m0_/model.24/...``, ``m1_/model.24/...``): the detection
+    head's own convs, whose box-distribution logits int8 blurs most. [] if unnamed or ambiguous."""
+    parts = [name.split("/") for name in tail if name.count("/") > 1]
+    prefixes = {f"{p[0]}/{p[1]}/" for p in parts if p[1] and (p[0] == "" or p[0].endswith("_"))}
+    if len({prefix.split("/")[1] for prefix in prefixes}) != 1:
         return []
-    [prefix] = prefixes
-    return [node.name for node in model.graph.node if node.name.startswith(prefix)]
+    return [node.name for node in model.graph.node if node.name.startswith(tuple(prefixes))]
 
 
 def _name_nodes(model: onnx.ModelProto) -> None:

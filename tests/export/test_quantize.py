@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from export.onnx_export import read_metadata, set_metadata
-from export.quantize import QUANT_KEY, decode_tail, quant_recipe, quantize_model
+from export.quantize import QUANT_KEY, decode_tail, head_module, quant_recipe, quantize_model
 from pipeline.cli import main
 from pipeline.detector import Detector
 from tests.export.conftest import marked_photo
@@ -52,10 +52,24 @@ def test_decode_tail_is_what_no_learned_conv_needs(tmp_path: Path) -> None:
     assert conv not in tail and len(tail) == len(model.graph.node) - 1
 
 
+def test_the_head_module_is_found_in_an_export_and_in_each_member_of_an_ensemble(tmp_path: Path) -> None:
+    model = onnx.load(str(build_red_model(tmp_path / "red.onnx", imgsz=64)))
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    for prefix in ("", "m0_", "m1_"):
+        names = [f"{prefix}/model.1/conv/Conv", f"{prefix}/model.24/cv3.0/Conv", f"{prefix}/model.24/dfl/Softmax"]
+        for name in names:
+            model.graph.node.append(onnx.helper.make_node("Identity", [conv.output[0]], [f"{name}_out"], name=name))
+    tail = [n.name for n in model.graph.node if "/model.24/dfl/" in n.name]
+    head = head_module(model, tail)
+    assert sorted(head) == sorted(n.name for n in model.graph.node if "/model.24/" in n.name) and len(head) == 6
+    assert head_module(model, tail + ["m0_/model.9/x/Add"]) == [], "two modules in the tail: ambiguous, nothing assumed"
+
+
 def test_quantize_command_writes_next_to_the_model_and_names_bad_input(tmp_path: Path, dataset: Path, capsys) -> None:
     fp32 = build_red_model(tmp_path / "red.onnx", imgsz=64)
-    assert main(["quantize", str(fp32), "--data", str(dataset), "--limit", "2", "--per-channel"]) == 0
-    assert "red-int8.onnx" in capsys.readouterr().out and quant_recipe(tmp_path / "red-int8.onnx")["per_channel"]
+    assert main(["quantize", str(fp32), "--data", str(dataset), "--limit", "2", "--per-channel", "--int8-head"]) == 0
+    recipe = quant_recipe(tmp_path / "red-int8.onnx")
+    assert "red-int8.onnx" in capsys.readouterr().out and recipe["per_channel"] and recipe["float_head"] is False
 
     assert main(["quantize", str(fp32), "--data", str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
