@@ -110,12 +110,16 @@ def test_live_send_never_blocks_and_counts_drops(tmp_path: Path) -> None:
         sock.setsockopt(zmq.SNDHWM, 1)
         sock.connect(endpoint)
         image = np.zeros((480, 640, 3), np.uint8)
+        started = time.monotonic()
         sent = [thread.send_live(sock, image) for _ in range(60)]
+        elapsed = time.monotonic() - started
     finally:
         ctx.destroy(linger=0)
     assert sent[0] is True
-    assert sent[-10:] == [False] * 10
-    assert thread.stats.dropped == sent.count(False) > 40
+    assert elapsed < 2.0, "a full socket must never make a live camera wait"
+    # zmq's I/O thread may still move one queued frame on into the OS buffer, freeing a slot for a
+    # later send: drops are the rule once the buffers are full, not every single send
+    assert thread.stats.dropped == sent.count(False) > 40 and sent[-10:].count(False) >= 8
 
 
 def test_backoff_grows_to_its_bound_with_jitter() -> None:
