@@ -380,7 +380,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"  threshold {row['threshold']}: P {row['precision']:.3f} R {row['recall']:.3f}, {alarms}"
               f"{f'; on photos without damage: {background}' if background else ''}")
     print(f"report: {report.outputs['report']}")
-    if args.embed and not failed:
+    if args.embed and failed:
+        print(f"scratchwatch evaluate: nothing embedded in {args.model}: a clip was not analysed to its end", file=sys.stderr)
+    elif args.embed:
         from export.onnx_export import embed_evaluation
 
         scored = embed_evaluation(args.model, args.data, args.threshold)

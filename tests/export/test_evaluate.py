@@ -109,3 +109,19 @@ def test_a_sweep_without_clips_lists_each_threshold_and_embed_stores_the_chosen_
 def test_embed_needs_the_threshold_it_stores(tmp_path: Path, capsys) -> None:
     assert main(["evaluate", str(tmp_path / "m.onnx"), str(tmp_path), "--clips", "--embed"]) == 2
     assert "--embed stores the operating threshold: give --threshold" in capsys.readouterr().err
+
+
+def test_embed_stores_nothing_when_a_clip_was_not_analysed(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data"
+    build_dataset([_source(tmp_path / "alpha", range(0, 4), label_elsewhere=False)], data,
+                  fractions={"train": 0.0, "val": 0.5, "test": 0.5}, progress=False)
+    model = build_red_model(tmp_path / "red.onnx", imgsz=128)
+    broken = tmp_path / "broken.avi"
+    broken.write_text("not a video")
+    before = model.read_bytes()
+
+    assert main(["evaluate", str(model), str(data), "--clips", str(broken), "--threshold", "0.42", "--embed",
+                 "--out", str(tmp_path / "eval"), "--provider", "cpu"]) == 1
+
+    assert f"nothing embedded in {model}: a clip was not analysed to its end" in capsys.readouterr().err
+    assert model.read_bytes() == before
