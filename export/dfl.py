@@ -128,6 +128,8 @@ def fast_dfl(model: Path, out: Path | None = None, *, required: bool = True) -> 
         proto = onnx.load(str(model))
     except Exception as exc:
         raise FastDflError(f"model {model}: not an ONNX model ({exc})") from None
+    source = onnx.ModelProto()
+    source.CopyFrom(proto)  # the graph as it was, for the parity check
     count = rewrite_dfl(proto)
     if count == 0 and not required:
         return {"out": str(model), "rewritten": 0}
@@ -135,7 +137,6 @@ def fast_dfl(model: Path, out: Path | None = None, *, required: bool = True) -> 
         raise FastDflError(f"model {model}: no exported DFL decode (Transpose, Softmax over axis 1, 1x1 Conv) to rewrite; "
                            "already rewritten, or not a YOLOv5u/v8 head")
     source_sha256 = hashlib.sha256(model.read_bytes()).hexdigest()
-    source = onnx.load(str(model))
 
     def recipe(saved: Path) -> dict:
         diff = raw_difference(source, saved)
