@@ -83,10 +83,11 @@ model: setup-dev
 # each with its mirrored view, averaged anchor by anchor in one graph; threshold chosen on val
 # (models/MODEL_CARD.md), test metrics embedded.
 MODEL_V4 := models/scratchwatch-v4-ensemble-480.onnx
-THRESHOLD_V4 ?= 0.31
 model-v4: setup-dev
 	@test -n "$(V3)" || { echo "make model-v4 V3=path/to/scratchwatch-v3-yolov5n-640.onnx"; exit 1; }
-	$(SW) ensemble $(MODEL_V4) $(MODEL_V2) $(V3) --flip --threshold $(THRESHOLD_V4) --data datasets/scratch-v2
+	$(SW) ensemble $(MODEL_V4) $(MODEL_V2) $(V3) --flip --data datasets/scratch-v2
+	$(SW) evaluate $(MODEL_V4) datasets/scratch-v2 --split val --choose 0.6 --embed --out runs/eval/v4-choose \
+		--clips $(HELDOUT)/*.mp4 $(VIDEOS)/udacity_vehicle-detection_test_video.mp4
 	$(SW) evaluate $(MODEL_V4) datasets/scratch-v2 --clips $(HELDOUT)/*.mp4 $(VIDEOS)/udacity_vehicle-detection_test_video.mp4 \
 		--sweep 0.25 0.29 0.3 0.31 0.32 0.35 0.4 0.5
 

@@ -149,8 +149,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v.add_argument("--sweep", type=float, nargs="+", metavar="T",
                    help="P/R and detections on undamaged photos at each of these thresholds, and a replay of the clips at each "
                         "(to choose the shipped one)")
+    v.add_argument("--choose", type=float, metavar="P",
+                   help="choose the operating threshold by the model card's rule: the lowest (0.01 grid) whose precision on "
+                        "--split reaches P, with at most --max-per-50 detections per 50 photos without damage and no incident "
+                        "on the clips (use --split val)")
+    v.add_argument("--max-per-50", type=float, default=1.0, help="--choose: detections allowed per 50 photos without damage (default 1)")
     v.add_argument("--embed", action="store_true",
-                   help="store --threshold and the test metrics in the model file, as `export` does (the shipped operating point)")
+                   help="store the threshold (--threshold or --choose) and the test metrics in the model file, as `export` does")
     v.add_argument("--out", type=Path, help="report folder (default: runs/eval/<model stem>)")
     v.add_argument("--provider", default="auto")
     v.set_defaults(func=_reported(_cmd_evaluate))
@@ -349,13 +354,18 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from export.evaluate import run_evaluation
 
-    if args.embed and args.threshold is None:
-        print("scratchwatch evaluate: --embed stores the operating threshold: give --threshold", file=sys.stderr)
+    from export.evaluate import ThresholdRule
+
+    if args.embed and args.threshold is None and args.choose is None:
+        print("scratchwatch evaluate: --embed stores the operating threshold: give --threshold or --choose", file=sys.stderr)
+        return 2
+    if args.threshold is not None and args.choose is not None:
+        print("scratchwatch evaluate: --threshold and --choose both set the threshold: give one", file=sys.stderr)
         return 2
     report = run_evaluation(
         args.model, args.data, split=args.split, threshold=args.threshold, clips=args.clips,
         out_dir=args.out or Path("runs/eval") / args.model.stem, provider=args.provider,
-        sweep=args.sweep,
+        sweep=args.sweep, rule=ThresholdRule(args.choose, args.max_per_50) if args.choose is not None else None,
     )
     m = report.metrics
     print(
@@ -364,6 +374,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         f"at {m['shipped']['threshold']}: P {m['shipped']['precision']:.3f} R {m['shipped']['recall']:.3f}"
     )
     failed = False
+    if report.chosen is not None:
+        tried = ", ".join(f"{t['threshold']:g} ({t['false_alarms']} incidents)" if t["false_alarms"] is not None else f"{t['threshold']:g}"
+                          for t in report.chosen["tried"])
+        if report.chosen["threshold"] is None:
+            failed = True
+            print(f"scratchwatch evaluate: no threshold meets the rule (precision >= {args.choose:g} on {args.split}, <= "
+                  f"{args.max_per_50:g} per 50 photos without damage, no clip incident); tried: {tried or 'none'}", file=sys.stderr)
+        else:
+            print(f"  chosen threshold {report.chosen['threshold']:g} (precision >= {args.choose:g} on {args.split}, <= "
+                  f"{args.max_per_50:g} per 50 photos without damage, no clip incident); tried: {tried}")
     for clip, result in report.clips.items():
         if result["error"]:
             failed = True
@@ -381,11 +401,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
               f"{f'; on photos without damage: {background}' if background else ''}")
     print(f"report: {report.outputs['report']}")
     if args.embed and failed:
-        print(f"scratchwatch evaluate: nothing embedded in {args.model}: a clip was not analysed to its end", file=sys.stderr)
+        print(f"scratchwatch evaluate: nothing embedded in {args.model}: a clip was not analysed to its end, or no "
+              f"threshold met the rule", file=sys.stderr)
     elif args.embed:
         from export.onnx_export import embed_evaluation
 
-        scored = embed_evaluation(args.model, args.data, args.threshold)
+        scored = embed_evaluation(args.model, args.data, m["shipped"]["threshold"])
         print(f"embedded in {args.model}: threshold {scored['threshold']}, test mAP@0.5 {scored['metrics']['mAP50']:.3f}")
     return 1 if failed else 0
 

@@ -10,7 +10,7 @@ import cv2
 import pytest
 
 from export.dataset import build_dataset
-from export.evaluate import run_evaluation
+from export.evaluate import ThresholdRule, run_evaluation
 from export.onnx_export import read_metadata
 from tests.export.conftest import photo, write_label
 from pipeline.cli import main
@@ -125,3 +125,45 @@ def test_embed_stores_nothing_when_a_clip_was_not_analysed(tmp_path: Path, capsy
 
     assert f"nothing embedded in {model}: a clip was not analysed to its end" in capsys.readouterr().err
     assert model.read_bytes() == before
+
+
+def _rule_data(tmp_path: Path) -> Path:
+    """val and test each with bright labelled marks (the red model scores 1.0) and dull unlabelled ones (0.84)."""
+    data = tmp_path / "data"
+    build_dataset([_source(tmp_path / "alpha", range(0, 6), label_elsewhere=False), _undamaged(tmp_path / "clean", range(20, 26))],
+                  data, fractions={"train": 0.0, "val": 0.5, "test": 0.5}, progress=False)
+    return data
+
+
+def test_the_rule_chooses_the_lowest_grid_threshold_with_the_precision_and_no_clip_incident(tmp_path: Path) -> None:
+    data = _rule_data(tmp_path)
+    model = build_red_model(tmp_path / "red.onnx", imgsz=128)
+    base = DetectorConfig(cars={"model": build_car_model(tmp_path / "car.onnx"), "inspect_every_s": 0})
+    clean = write_clip(tmp_path / "clips" / "clean.avi", 12, [])
+    marked = write_clip(tmp_path / "clips" / "marked.avi", 12, [Mark(0, 12, (100, 100, 40, 10))])
+
+    report = run_evaluation(model, data, split="val", clips=[clean], out_dir=tmp_path / "a", provider="cpu", base=base,
+                            rule=ThresholdRule(0.6))
+
+    # below 0.85 the dull marks (0.84) are false detections on every photo without damage: precision and the
+    # per-50 bound both fail; 0.85 is the first grid point above them
+    assert report.chosen["threshold"] == 0.85 and report.metrics["shipped"]["threshold"] == 0.85
+    assert report.chosen["tried"] == [{"threshold": 0.85, "precision": 1.0, "recall": 1.0, "false_alarms": 0, "errors": {}}]
+    assert report.clips["clean.avi"]["incidents"] == 0
+
+    raising = run_evaluation(model, data, split="val", clips=[marked], out_dir=tmp_path / "b", provider="cpu", base=base,
+                             rule=ThresholdRule(0.6, max_replays=2))
+    assert raising.chosen["threshold"] is None, "every candidate raised the marked clip's incident"
+    assert [t["threshold"] for t in raising.chosen["tried"]] == [0.85, 0.86] and {t["false_alarms"] for t in raising.chosen["tried"]} == {1}
+
+
+def test_choose_and_embed_on_the_command_line(tmp_path: Path, capsys) -> None:
+    data = _rule_data(tmp_path)
+    model = build_red_model(tmp_path / "red.onnx", imgsz=128)
+
+    assert main(["evaluate", str(model), str(data), "--split", "val", "--clips", "--choose", "0.6", "--embed",
+                 "--out", str(tmp_path / "eval"), "--provider", "cpu"]) == 0
+
+    assert "chosen threshold 0.85" in capsys.readouterr().out and read_metadata(model)[THRESHOLD_KEY] == "0.85"
+    assert main(["evaluate", str(model), str(data), "--clips", "--choose", "0.6", "--threshold", "0.4"]) == 2
+    assert "--threshold and --choose both set the threshold" in capsys.readouterr().err
