@@ -5,6 +5,9 @@
 2. Many hosts on one machine: two capture nodes sending JPEG frames over CurveZMQ, two inference
    workers sharing them, one incidents stage writing one database; both workers analysed frames,
    every frame reached the tracker in order, the incidents match the raw single-process run.
+3. Two hosts as two network namespaces the test makes (root only; skipped otherwise): a capture
+   node whose own loopback cannot reach the central host's stages sends JPEG over CurveZMQ across
+   a veth link, and the central host stores the single-process run's incidents.
 """
 
 from __future__ import annotations
@@ -62,13 +65,15 @@ def _free_ports(count: int) -> list[int]:
 
 
 class Stage:
-    """A `scratchwatch stage NAME` process; its log lines are collected as they come."""
+    """A `scratchwatch stage NAME` process (``netns``: inside that network namespace); its log lines
+    are collected as they come."""
 
-    def __init__(self, config: Path, name: str) -> None:
+    def __init__(self, config: Path, name: str, netns: str | None = None) -> None:
         self.name = name
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "stage", name, "--config", str(config)],
+            [*(["ip", "netns", "exec", netns] if netns else []), sys.executable, "-m", "pipeline.cli", "stage", name,
+             "--config", str(config)],
             env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -251,6 +256,95 @@ def test_many_hosts_two_capture_nodes_two_workers_one_incidents_stage(tmp_path: 
     # so the best frame may be another of the incident's frames, with its box a few pixels away
     assert [row[:2] + row[8:] for row in stored] == [row[:2] + row[8:] for row in reference]
     for got, want in zip(stored, reference):
+        assert abs(got[7] - want[7]) <= 0.02 and max(abs(g - w) for g, w in zip(got[3:7], want[3:7])) <= 4, (got, want)
+
+
+def _netns_unavailable() -> str | None:
+    """Why this machine cannot make network namespaces (not root, no `ip`, no CAP_NET_ADMIN), or None."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return "network namespaces need root and iproute2's `ip`"
+    probe = f"swprobe{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"`ip netns add` failed: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+class TwoHosts:
+    """Two network namespaces joined by a veth pair: a capture host (10.213.N.1) and a central host
+    (10.213.N.2). Each has its own loopback, so the only way between them is the veth link."""
+
+    def __init__(self) -> None:
+        tag = os.getpid() % 250
+        self.capture, self.central = f"swcap{os.getpid()}", f"swctr{os.getpid()}"
+        self.capture_ip, self.central_ip = f"10.213.{tag}.1", f"10.213.{tag}.2"
+        veth = (f"swc{os.getpid()}"[:15], f"swi{os.getpid()}"[:15])
+        for command in (
+            ["ip", "netns", "add", self.capture], ["ip", "netns", "add", self.central],
+            ["ip", "link", "add", veth[0], "type", "veth", "peer", "name", veth[1]],
+            ["ip", "link", "set", veth[0], "netns", self.capture], ["ip", "link", "set", veth[1], "netns", self.central],
+            *[["ip", "-n", ns, "link", "set", "lo", "up"] for ns in (self.capture, self.central)],
+            ["ip", "-n", self.capture, "addr", "add", f"{self.capture_ip}/30", "dev", veth[0]],
+            ["ip", "-n", self.central, "addr", "add", f"{self.central_ip}/30", "dev", veth[1]],
+            ["ip", "-n", self.capture, "link", "set", veth[0], "up"], ["ip", "-n", self.central, "link", "set", veth[1], "up"],
+        ):
+            subprocess.run(command, check=True, capture_output=True)
+
+    def reaches(self, ns: str, host: str, port: int) -> bool:
+        """Whether a tcp connect from inside ``ns`` to host:port succeeds."""
+        probe = f"import socket; socket.create_connection(({host!r}, {port}), timeout=3)"
+        return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", probe], capture_output=True).returncode == 0
+
+    def close(self) -> None:
+        for ns in (self.capture, self.central):  # deleting a namespace deletes its end of the veth pair, and the pair
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.mark.skipif(_netns_unavailable() is not None, reason=str(_netns_unavailable()))
+def test_a_capture_node_in_its_own_network_namespace_reaches_the_central_host_only_over_the_link(
+    tmp_path: Path, base_config, two_mark_clip: Path
+) -> None:
+    cameras = [{"id": "gate", "source": str(two_mark_clip), "fps": None, "realtime": False}]
+    reference = _reference(tmp_path, base_config, cameras)
+    frames_port, detections_port = 47001, 47011
+    central_public, central_secret, _ = generate(tmp_path / "keys", "central")
+    _, node_secret, node_key = generate(tmp_path / "keys", "capture")
+    hosts = TwoHosts()
+    stages: list[Stage] = []
+    try:
+        transport = {"kind": "tcp", "frames_port": frames_port, "detections_port": detections_port, "inference_workers": 1}
+        central = _write_config(
+            tmp_path / "central.yaml", base_config, data_dir=str(tmp_path / "central"),
+            transport={**transport, "host": hosts.central_ip,
+                       "curve": {"enabled": True, "key_file": str(central_secret), "allowed_keys": [node_key]}},
+        )
+        node = _write_config(
+            tmp_path / "capture.yaml", base_config, data_dir=str(tmp_path / "node"), cameras=cameras,
+            capture={"frame_encoding": "jpeg", "jpeg_quality": 95},
+            transport={**transport, "host": hosts.capture_ip, "inference_host": hosts.central_ip, "incidents_host": hosts.central_ip,
+                       "curve": {"enabled": True, "key_file": str(node_secret),
+                                 "server_key": zmq.auth.load_certificate(central_public)[0].decode()}},
+        )
+        incidents, worker = Stage(central, "incidents", hosts.central), Stage(central, "inference-0", hosts.central)
+        stages += [incidents, worker]
+        incidents.wait_for("incidents stage ready")
+        worker.wait_for("inference stage ready")
+        assert hosts.reaches(hosts.capture, hosts.central_ip, frames_port), "the link carries tcp to the central host"
+        assert not hosts.reaches(hosts.capture, "127.0.0.1", frames_port), "the capture host's loopback is its own"
+        capture = Stage(node, "capture", hosts.capture)
+        stages.append(capture)
+        assert capture.proc.wait(120) == 0, capture.log()
+        url = load_settings(central).database_url
+        _wait_closed(url, len(reference))
+        incidents.wait_for(f"camera gate ended after {CLIP_FRAMES} frames", 30)
+    finally:
+        codes = {stage.name: stage.stop() for stage in reversed(stages)}
+        hosts.close()
+    assert set(codes.values()) == {0}, {s.name: s.log() for s in stages}
+    stored = _incidents(url)
+    assert [row[:2] + row[8:] for row in stored] == [row[:2] + row[8:] for row in reference]
+    for got, want in zip(stored, reference):  # JPEG at 95 moves scores and boxes a little
         assert abs(got[7] - want[7]) <= 0.02 and max(abs(g - w) for g, w in zip(got[3:7], want[3:7])) <= 4, (got, want)
 
 
