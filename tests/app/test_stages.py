@@ -301,7 +301,10 @@ class TwoHosts:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-@pytest.mark.skipif(_netns_unavailable() is not None, reason=str(_netns_unavailable()))
+NETNS_UNAVAILABLE = _netns_unavailable()
+
+
+@pytest.mark.skipif(NETNS_UNAVAILABLE is not None, reason=str(NETNS_UNAVAILABLE))
 def test_a_capture_node_in_its_own_network_namespace_reaches_the_central_host_only_over_the_link(
     tmp_path: Path, base_config, two_mark_clip: Path
 ) -> None:
