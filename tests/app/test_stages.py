@@ -267,8 +267,11 @@ def _netns_unavailable() -> str | None:
     made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if made.returncode != 0:
         return f"`ip netns add` failed: {made.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
+    try:  # the test joins its namespaces with a veth pair: the kernel must offer one
+        veth = subprocess.run(["ip", "-n", probe, "link", "add", "swa", "type", "veth", "peer", "name", "swb"], capture_output=True, text=True)
+        return None if veth.returncode == 0 else f"no veth pair: {veth.stderr.strip()}"
+    finally:
+        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
 
 
 class TwoHosts:
