@@ -120,6 +120,16 @@ def raw_fps(detector: Any, frames: list[np.ndarray], batch: int, repeats: int) -
     return best
 
 
+def interleaved_raw_fps(detectors: dict[str, Any], frames: list[np.ndarray], batch: int, passes: int = 3) -> dict[str, float]:
+    """``raw_fps`` of each detector, best of ``passes`` passes taken in turn, so a change in the
+    machine's load hits every detector alike (model A/B comparisons in one run)."""
+    best = dict.fromkeys(detectors, 0.0)
+    for _ in range(passes):
+        for name, detector in detectors.items():
+            best[name] = max(best[name], raw_fps(detector, frames, batch, 1))
+    return best
+
+
 # ---- (b) ultralytics and the detection match --------------------------------------------------
 
 def ultralytics_loop(model: Path, clip: Path, imgsz: tuple[int, int], conf: float, iou: float,

@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/bench_fast_dfl.py BEFORE.onnx AFTER.onnx [BEFORE2 AFTER2 ...] [--clip CLIP] [--frames 48]
 
-The ``Detector`` (letterbox, ONNX Runtime, decode, NMS) on the clip's frames at batch 1 and 4,
-best of 3 passes interleaved so load changes hit both files; prints one JSON object. Keep the file
+ONNX Runtime alone (``raw_fps``: the Detector's session on frames letterboxed beforehand) on the
+clip's frames at batch 1 and 4, best of 3 passes interleaved so load changes hit both files
+(``interleaved_raw_fps``); prints one JSON object. Keep the file
 from before with ``git show HEAD:models/NAME.onnx > /tmp/before.onnx`` ahead of rewriting it.
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench_replay import DEFAULT_CLIP, decode_frames, raw_fps  # noqa: E402
+from bench.bench_replay import DEFAULT_CLIP, decode_frames, interleaved_raw_fps  # noqa: E402
 from pipeline.detector import Detector  # noqa: E402
 
 
@@ -35,10 +36,7 @@ def main() -> None:
     for before, after in zip(args.models[::2], args.models[1::2]):
         detectors = {"before": Detector(before, provider="cpu"), "after": Detector(after, provider="cpu")}
         for batch in (1, 4):
-            best = dict.fromkeys(detectors, 0.0)
-            for _ in range(3):
-                for name, detector in detectors.items():
-                    best[name] = max(best[name], raw_fps(detector, frames, batch, 1))
+            best = interleaved_raw_fps(detectors, frames, batch)
             out[f"{after.name} batch{batch}"] = {**{k: round(v, 2) for k, v in best.items()},
                                                  "speedup": round(best["after"] / best["before"], 3)}
     print(json.dumps(out, indent=2))

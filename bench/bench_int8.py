@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from bench.bench_replay import DEFAULT_CLIP, SHIPPED_MODEL, decode_frames, raw_fps  # noqa: E402
+from bench.bench_replay import DEFAULT_CLIP, SHIPPED_MODEL, decode_frames, interleaved_raw_fps  # noqa: E402
 from pipeline.detector import Detector  # noqa: E402
 
 INT8_MODEL = SHIPPED_MODEL.with_name(f"{SHIPPED_MODEL.stem}-int8.onnx")
@@ -69,11 +69,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     frames = decode_frames(args.clip, args.frames)
     out: dict[str, Any] = {}
     for batch in sorted({1, args.max_batch}):
-        # interleaved, best of N: a busy neighbour slows both the same way
-        best = {"fp32": 0.0, "int8": 0.0}
-        for _ in range(args.repeats):
-            for name, det in (("fp32", fp32), ("int8", int8)):
-                best[name] = max(best[name], raw_fps(det, frames, batch, 1))
+        best = interleaved_raw_fps({"fp32": fp32, "int8": int8}, frames, batch, args.repeats)
         out[f"batch{batch}"] = {"fp32_fps": round(best["fp32"], 1), "int8_fps": round(best["int8"], 1),
                                 "speedup": round(best["int8"] / best["fp32"], 2)}
     return {"frames": len(frames), "frame_shape": list(frames[0].shape), **out}

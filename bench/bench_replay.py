@@ -30,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `tests.pipeline.synthetic` for the latency probe
 
-from app.bench import bench_settings as settings_for, decode_frames, raw_fps, steady_fps  # noqa: E402,F401
+from app.bench import bench_settings as settings_for, decode_frames, interleaved_raw_fps, raw_fps, steady_fps  # noqa: E402,F401
 from pipeline.config import DEFAULT_MODEL, Settings, load_settings  # noqa: E402
 from pipeline.detector import Detector  # noqa: E402
 from pipeline.runner import Supervisor, replay_files  # noqa: E402
