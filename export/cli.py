@@ -79,6 +79,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--close-mosaic", type=int, help="turn mosaic off for the last N epochs (default 10)")
     t.add_argument("--time", type=float, dest="time_h", metavar="HOURS",
                    help="stop after this many hours; ultralytics fits the schedule to it")
+    t.add_argument("--teacher", type=Path, metavar="MODEL.onnx",
+                   help="distil: also learn this damage model's per-anchor scores and boxes (e.g. the v4 ensemble)")
+    t.add_argument("--distill-cls", type=float, default=1.0, help="weight of the teacher's scores (x the cls gain)")
+    t.add_argument("--distill-box", type=float, default=0.5, help="weight of the teacher's boxes (x the box gain)")
     t.set_defaults(func=_reported(_cmd_train))
 
     e = subparsers.add_parser("export", help="export a checkpoint to ONNX, check parity, embed metrics")
@@ -251,14 +255,16 @@ def _cmd_dataset_clips(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     _require_train_extra()
+    from export.distill import DistillOptions
     from export.train import TrainOptions, train
 
+    distill = DistillOptions(args.teacher, args.distill_cls, args.distill_box) if args.teacher else None
     weights = args.weights if str(args.weights) else None
     opts = TrainOptions(
         data=args.data, weights=weights, run_dir=args.run_dir, epochs=args.epochs, imgsz=args.imgsz,
         batch=args.batch, device=args.device, workers=args.workers, patience=args.patience, init=args.init,
         optimizer=args.optimizer, lr0=args.lr0, warmup_epochs=args.warmup_epochs, cos_lr=args.cos_lr,
-        close_mosaic=args.close_mosaic, time_h=args.time_h,
+        close_mosaic=args.close_mosaic, time_h=args.time_h, distill=distill,
     )
     summary = train(opts)
     print(f"training done: {summary['best']} ({summary['transfer']})")

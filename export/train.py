@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from export.distill import DistillOptions, distill_callbacks
 from export.weights import YOLOV5N_COCO_SHA256, load_yolov5_state_dict, transfer
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class TrainOptions:
     cos_lr: bool = False
     close_mosaic: int | None = None
     time_h: float | None = None  # ultralytics' `time`: stop after this many hours (the schedule fits it)
+    distill: DistillOptions | None = None  # also learn a teacher model's scores (export/distill.py)
     # ultralytics callbacks by event name (progress hooks, and tests that interrupt a run)
     callbacks: dict[str, Callable] = field(default_factory=dict)
 
@@ -122,7 +124,10 @@ def train(opts: TrainOptions) -> dict:
 
 
 def _with_callbacks(model, opts: TrainOptions):
-    for event, fn in opts.callbacks.items():
+    callbacks = list(opts.callbacks.items())
+    if opts.distill is not None:
+        callbacks += distill_callbacks(opts.distill).items()
+    for event, fn in callbacks:
         model.add_callback(event, fn)
     return model
 

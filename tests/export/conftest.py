@@ -102,3 +102,22 @@ def dataset(tmp_path: Path) -> Path:
             write_label(root / "labels" / split / f"p{seed}.txt",
                         [((x + w / 2) / MARKED_SIZE[0], (y + h / 2) / MARKED_SIZE[1], w / MARKED_SIZE[0], h / MARKED_SIZE[1])])
     return root
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    src = tmp_path / "marks"
+    (src / "images").mkdir(parents=True)
+    (src / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        img = photo(i, (96, 96))
+        x, y = int(rng.integers(10, 50)), int(rng.integers(10, 50))
+        cv2.rectangle(img, (x, y), (x + 30, y + 8), (0, 0, 255), -1)
+        cv2.imwrite(str(src / "images" / f"m{i}.jpg"), img)
+        write_label(src / "labels" / f"m{i}.txt", [((x + 15) / 96, (y + 4) / 96, 30 / 96, 8 / 96)])
+    from export.dataset import build_dataset
+
+    out = tmp_path / "data"
+    build_dataset([src], out, fractions={"train": 0.5, "val": 0.25, "test": 0.25}, progress=False)
+    return out

@@ -5,39 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 pytest.importorskip("ultralytics", reason="training is in the [train] extra")
 
-from export.dataset import build_dataset  # noqa: E402
 from export.onnx_export import MAX_MAP_DIFF, OPSET, export_model, read_metadata, trained_imgsz  # noqa: E402
 from export.train import TrainOptions, offline_env, train  # noqa: E402
-from tests.export.conftest import photo, write_label  # noqa: E402
 
 pytestmark = pytest.mark.train
 
 
 class Interrupted(Exception):
     """Stands in for a killed process: raised after the first epoch was saved."""
-
-
-@pytest.fixture
-def tiny_dataset(tmp_path: Path) -> Path:
-    src = tmp_path / "marks"
-    (src / "images").mkdir(parents=True)
-    (src / "labels").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(16):
-        img = photo(i, (96, 96))
-        x, y = int(rng.integers(10, 50)), int(rng.integers(10, 50))
-        cv2.rectangle(img, (x, y), (x + 30, y + 8), (0, 0, 255), -1)
-        cv2.imwrite(str(src / "images" / f"m{i}.jpg"), img)
-        write_label(src / "labels" / f"m{i}.txt", [((x + 15) / 96, (y + 4) / 96, 30 / 96, 8 / 96)])
-    out = tmp_path / "data"
-    build_dataset([src], out, fractions={"train": 0.5, "val": 0.25, "test": 0.25}, progress=False)
-    return out
 
 
 def test_train_interrupt_resume_export_parity(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
