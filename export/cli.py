@@ -257,6 +257,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _require_train_extra()
     from export.distill import DistillOptions
     from export.train import TrainOptions, train
+    from pipeline.logs import setup_logging
+
+    setup_logging("INFO")  # a resumed run and the teacher's per-epoch terms are logged, next to ultralytics' lines
 
     distill = DistillOptions(args.teacher, args.distill_cls, args.distill_box) if args.teacher else None
     weights = args.weights if str(args.weights) else None
