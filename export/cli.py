@@ -171,6 +171,7 @@ def _reported(command):
     def run(args: argparse.Namespace) -> int:
         from export.dataset import DatasetError
         from export.dfl import FastDflError
+        from export.distill import DistillError
         from export.ensemble import EnsembleError
         from export.fp16 import Fp16Error
         from export.quantize import QuantizeError
@@ -179,7 +180,7 @@ def _reported(command):
 
         try:
             return command(args)
-        except (DatasetError, FastDflError, EnsembleError, WeightsError, QuantizeError, Fp16Error, Uint8InputError,
+        except (DatasetError, DistillError, FastDflError, EnsembleError, WeightsError, QuantizeError, Fp16Error, Uint8InputError,
                 FileNotFoundError) as exc:
             print(f"scratchwatch {args.command}: {exc}", file=sys.stderr)
             return 1

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 BOX_MIN_SCORE = 0.1
 
 
+class DistillError(ValueError):
+    """A teacher that cannot teach this student; `scratchwatch train` prints it as one line."""
+
+
 @dataclass(frozen=True)
 class DistillOptions:
     teacher: Path
@@ -55,7 +59,7 @@ class Teacher:
 def teacher_targets(raw, n_anchors: int):
     """Split the teacher's ``[B, 5, A]`` into xyxy boxes ``[B, A, 4]`` and scores ``[B, A]``."""
     if raw.shape[1] != 5 or raw.shape[2] != n_anchors:
-        raise ValueError(f"teacher output {tuple(raw.shape)} does not match the student's {n_anchors} anchors "
+        raise DistillError(f"teacher output {tuple(raw.shape)} does not match the student's {n_anchors} anchors "
                          "and one class: teach with a damage model of the same input size")
     from ultralytics.utils.ops import xywh2xyxy
 

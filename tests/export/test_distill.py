@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 pytest.importorskip("ultralytics", reason="training is in the [train] extra")
 import torch  # noqa: E402
 
-from export.distill import BOX_MIN_SCORE, DistillOptions, Teacher, distill_terms, teacher_targets  # noqa: E402
+from export.distill import BOX_MIN_SCORE, DistillError, DistillOptions, Teacher, distill_terms, teacher_targets  # noqa: E402
 from export.train import TrainOptions, offline_env, train  # noqa: E402
 
 IMGSZ = 64
@@ -80,7 +80,7 @@ def test_a_teacher_with_another_grid_is_refused_naming_the_shapes(tmp_path: Path
     teacher = Teacher(constant_teacher(tmp_path / "t.onnx", 0.5, anchors=ANCHORS + 5))
     raw = teacher(torch.zeros(2, 3, IMGSZ, IMGSZ))
     assert tuple(raw.shape) == (2, 5, ANCHORS + 5)
-    with pytest.raises(ValueError, match=r"\(2, 5, 89\).*84 anchors"):
+    with pytest.raises(DistillError, match=r"\(2, 5, 89\).*84 anchors"):
         teacher_targets(raw, ANCHORS)
     boxes, scores = teacher_targets(teacher(torch.zeros(1, 3, IMGSZ, IMGSZ))[:, :, :ANCHORS], ANCHORS)
     assert boxes.shape == (1, ANCHORS, 4) and torch.allclose(boxes[0, 0], torch.tensor([26.0, 26, 38, 38]))
