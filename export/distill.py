@@ -89,6 +89,7 @@ def distill_terms(student_logits, student_boxes, teacher_boxes, teacher_scores):
 
 def distill_criterion(model, opts: DistillOptions):
     """ultralytics' detection loss plus the teacher's terms; set as ``model.criterion``."""
+    import torch
     from ultralytics.utils.loss import v8DetectionLoss
     from ultralytics.utils.tal import make_anchors
 
@@ -107,8 +108,7 @@ def distill_criterion(model, opts: DistillOptions):
             box = box * self.hyp.box * opts.box_weight
             cls = cls * self.hyp.cls * opts.cls_weight
             self.totals += (float(box.detach()), float(cls.detach()), 1)
-            extra = loss.new_zeros(3)
-            extra[0], extra[1] = box, cls
+            extra = torch.stack((box, cls, torch.zeros_like(cls)))  # added to box and cls; dfl as it was
             return loss + extra * preds["scores"].shape[0], items
 
         def epoch_summary(self) -> str:
@@ -121,14 +121,15 @@ def distill_criterion(model, opts: DistillOptions):
 
 def distill_callbacks(opts: DistillOptions) -> dict:
     """ultralytics callbacks that put the teacher in after the EMA copy is made (it must not be copied)."""
+    from ultralytics.utils.torch_utils import unwrap_model
 
     def attach(trainer):
-        net = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+        net = unwrap_model(trainer.model)
         net.criterion = distill_criterion(net, opts)
         log.info("distilling from %s (cls x%.2f, box x%.2f)", opts.teacher, opts.cls_weight, opts.box_weight)
 
     def report(trainer):
-        net = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+        net = unwrap_model(trainer.model)
         if hasattr(net.criterion, "epoch_summary"):
             log.info("epoch %d: %s", trainer.epoch + 1, net.criterion.epoch_summary())
 
