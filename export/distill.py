@@ -60,7 +60,7 @@ def teacher_targets(raw, n_anchors: int):
     """Split the teacher's ``[B, 5, A]`` into xyxy boxes ``[B, A, 4]`` and scores ``[B, A]``."""
     if raw.shape[1] != 5 or raw.shape[2] != n_anchors:
         raise DistillError(f"teacher output {tuple(raw.shape)} does not match the student's {n_anchors} anchors "
-                         "and one class: teach with a damage model of the same input size")
+                           "and one class: teach with a damage model of the same input size")
     from ultralytics.utils.ops import xywh2xyxy
 
     return xywh2xyxy(raw[:, :4].transpose(1, 2)), raw[:, 4]
