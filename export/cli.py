@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+from pipeline.geometry import TILE_OVERLAP
+
 
 SHARED = Path("../shared")
 DEFAULT_INPUTS = [SHARED / "datasets/seed-scratch", SHARED / "datasets/lensor-damage"]
@@ -31,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--out", type=Path, default=DEFAULT_DATA, help="output dataset folder")
     b.add_argument("--near-distance", type=int, default=4, help="perceptual-hash bits for a near copy")
     b.add_argument("--tile", type=int, default=0, help="also cut train images into an N x N grid (0: off)")
-    b.add_argument("--tile-overlap", type=float, default=0.2, help="tile overlap, fraction of a tile")
+    b.add_argument("--tile-overlap", type=float, default=TILE_OVERLAP, help="tile overlap, fraction of a tile")
     b.set_defaults(func=_reported(_cmd_dataset_build))
     r = dsub.add_parser("crops", help="a copy of a dataset plus the car crops the photo gate would show the damage model")
     r.add_argument("src", type=Path, help="a dataset folder built by `dataset build`")
@@ -362,9 +364,8 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from export.evaluate import run_evaluation
-
-    from export.evaluate import ThresholdRule
+    from export.evaluate import ThresholdRule, run_evaluation
+    from pipeline.config import load_settings
 
     if args.embed and args.threshold is None and args.choose is None:
         print("scratchwatch evaluate: --embed stores the operating threshold: give --threshold or --choose", file=sys.stderr)
@@ -376,6 +377,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.model, args.data, split=args.split, threshold=args.threshold, clips=args.clips,
         out_dir=args.out or Path("runs/eval") / args.model.stem, provider=args.provider,
         sweep=args.sweep, rule=ThresholdRule(args.choose, args.max_per_50) if args.choose is not None else None,
+        base=load_settings(args.config).detector,  # `scratchwatch --config C evaluate`: C's car stage, tiles and gate settings
     )
     m = report.metrics
     print(

@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from export.boxes import SIZE_BINS, size_class, xywhn_to_xyxy, xyxy_to_xywhn
+from pipeline.geometry import TILE_OVERLAP, tile_grid
 
 log = logging.getLogger(__name__)
 
@@ -312,19 +313,6 @@ def tile_boxes(
     return clipped[keep] - np.array([x0, y0, x0, y0], dtype=np.float64)
 
 
-def tile_grid(width: int, height: int, n: int, overlap: float) -> list[tuple[int, int, int, int]]:
-    """An n x n grid of tiles that overlap by ``overlap`` of a tile's size."""
-    tw = width / (n - (n - 1) * overlap)
-    th = height / (n - (n - 1) * overlap)
-    tiles = []
-    for r in range(n):
-        for c in range(n):
-            x0 = round(c * tw * (1 - overlap))
-            y0 = round(r * th * (1 - overlap))
-            tiles.append((x0, y0, min(round(x0 + tw), width), min(round(y0 + th), height)))
-    return tiles
-
-
 # -------------------------------------------------------------------------------------- writing
 
 
@@ -384,7 +372,7 @@ def build_dataset(
     fractions: dict[str, float] | None = None,
     near_distance: int = 4,
     tile: int = 0,
-    tile_overlap: float = 0.2,
+    tile_overlap: float = TILE_OVERLAP,
     tile_splits: tuple[str, ...] = ("train",),
     progress: bool = True,
 ) -> BuildResult:

@@ -26,7 +26,7 @@ import numpy as np
 from pipeline.cars import CarDetector, centres_inside, crop_to_frame
 from pipeline.config import CarGate, DetectorConfig, MotionConfig, TrackerConfig
 from pipeline.detector import Detector, model_variant, nms_keep
-from pipeline.geometry import box_iou, grow_window, margin_window
+from pipeline.geometry import box_iou, grow_window, margin_window, tile_grid
 from pipeline.messages import DAMAGE_COLUMNS, DETECTION_COLUMNS, FrameHeader
 from pipeline.motion import StillFrames, stale, thumbnail
 from pipeline.stage import Histogram
@@ -166,12 +166,15 @@ class CarGatedDetector:
         self, damage: Detector, cars: CarDetector | None, gate: CarGate, *, margin: float = 0.08,
         max_batch: int = 4, inspect_every_s: float = 0.0, photo_whole_share: float = 0.3, max_zoom: float = 0.0,
         inspections_per_frame: int = 0, motion: MotionConfig | None = None, inspect_moving: str = "every_frame",
+        tiles: int = 0,
     ) -> None:
         if gate != "off" and cars is None:
             raise ValueError(f"car gate {gate!r} needs a car stage")
         self.damage, self.cars, self.gate = damage, cars, gate
         self.margin, self.max_batch, self.photo_whole_share = margin, max_batch, photo_whole_share
         self.max_zoom = max_zoom
+        self.tiles = tiles if tiles >= 2 else 0
+        """Each window is also inspected as a tiles x tiles grid (0: whole windows only)."""
         self.still = StillFrames(motion) if motion is not None and motion.enabled and gate != "off" else None
         """Cameras: still frames reuse their camera's cars instead of running the car stage."""
         self.scheduler = (InspectionScheduler(inspect_every_s, inspections_per_frame, self.still, inspect_moving)
@@ -236,7 +239,7 @@ class CarGatedDetector:
         if self.gate == "off":
             return [(0, 0, width, height)]
         plan = self._plan(0, frame, self.cars.detect([frame])[0], None)
-        return [self._window(plan.cars[i], width, height) for i in plan.inspect]
+        return [view for i in plan.inspect for view in self._views(self._window(plan.cars[i], width, height))]
 
     def _timed(self, histogram: Histogram, run, images: list[np.ndarray]) -> list[np.ndarray]:
         started = time.perf_counter()
@@ -273,10 +276,20 @@ class CarGatedDetector:
         for frame_index, (frame, plan) in enumerate(zip(frames, plans)):
             height, width = frame.shape[:2]
             for car_index in plan.inspect:
-                window = self._window(plan.cars[car_index], width, height)
-                crops.append((frame[window[1] : window[3], window[0] : window[2]], window))
-                owners.append((frame_index, car_index))
+                for window in self._views(self._window(plan.cars[car_index], width, height)):
+                    crops.append((frame[window[1] : window[3], window[0] : window[2]], window))
+                    owners.append((frame_index, car_index))
         return crops, owners
+
+    def _views(self, window: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]]:
+        """The window, then (``tiles``) its grid of overlapping tiles, each in frame pixels.
+
+        Why tiles: half the labelled damage covers under 1 % of its photo; a tile gives it ``tiles``
+        times the pixels at the damage model's input. The frame's NMS merges what two views both found."""
+        if not self.tiles:
+            return [window]
+        x1, y1, x2, y2 = window
+        return [window] + [(x1 + a, y1 + b, x1 + c, y1 + d) for a, b, c, d in tile_grid(x2 - x1, y2 - y1, self.tiles)]
 
     def _assemble(self, plans, crops, owners, crop_dets) -> list[FrameResult]:
         found: list[list[np.ndarray]] = [[] for _ in plans]
@@ -368,7 +381,7 @@ def build_detector(
         damage, cars, gate, margin=config.cars.margin, max_batch=config.max_batch, inspect_every_s=config.cars.inspect_every_s,
         photo_whole_share=config.cars.photo_whole_share, max_zoom=config.cars.max_zoom,
         inspections_per_frame=config.cars.inspections_per_frame, motion=config.cars.motion,
-        inspect_moving=config.cars.inspect_moving,
+        inspect_moving=config.cars.inspect_moving, tiles=config.cars.tiles,
     )
 
 

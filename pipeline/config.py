@@ -267,6 +267,16 @@ class CarStageConfig(_Section):
         description="A car's crop is grown (more of the frame around it) until the damage model would enlarge it at most this much. "
         "1: never upscale, cars are seen at the camera's own resolution; 0: no limit (small cars fill the model's input).",
     )
+    tiles: int = Field(
+        default=0,
+        ge=0,
+        le=4,
+        title="Tiles per crop",
+        description="Each car crop (or close-up photo) is also shown to the damage model as an N x N grid of tiles "
+        "overlapping by 0.2 of a tile (cut as `dataset build --tile` cuts them), so small damage gets N times the "
+        "pixels; 1 + N*N damage inferences per inspection. 0 or 1: off. Only for a damage model trained on tiles: "
+        "one trained on whole photos loses precision on them (models/MODEL_CARD.md).",
+    )
     photo_whole_share: float = Field(
         default=0.3,
         ge=0,

@@ -37,3 +37,23 @@ def grow_window(window: tuple[int, int, int, int], min_w: int, min_h: int, width
     left = min(max(0, (x1 + x2 - new_w) // 2), width - new_w)
     top = min(max(0, (y1 + y2 - new_h) // 2), height - new_h)
     return left, top, left + new_w, top + new_h
+
+
+TILE_OVERLAP = 0.2
+"""How much neighbouring tiles overlap, as a share of a tile: the dataset builder's default and the detector's."""
+
+
+def tile_grid(width: int, height: int, n: int, overlap: float = TILE_OVERLAP) -> list[tuple[int, int, int, int]]:
+    """An n x n grid of tiles (x1, y1, x2, y2) over a width x height image that overlap by ``overlap`` of a tile's size.
+
+    Training tiles (``dataset build --tile``) and the detector's tiles (``detector.cars.tiles``) are cut
+    by this one rule, so the model sees at inference the magnification it was trained on."""
+    tw = width / (n - (n - 1) * overlap)
+    th = height / (n - (n - 1) * overlap)
+    tiles = []
+    for r in range(n):
+        for c in range(n):
+            x0 = round(c * tw * (1 - overlap))
+            y0 = round(r * th * (1 - overlap))
+            tiles.append((x0, y0, min(round(x0 + tw), width), min(round(y0 + th), height)))
+    return tiles

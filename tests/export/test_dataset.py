@@ -17,8 +17,8 @@ from export.dataset import (  # noqa: E402
     load_split,
     roboflow_source,
     tile_boxes,
-    tile_grid,
 )
+from pipeline.geometry import tile_grid  # noqa: E402
 
 
 def _tree_digest(root: Path) -> dict[str, str]:

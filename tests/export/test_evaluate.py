@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from export.dataset import build_dataset
@@ -167,3 +168,26 @@ def test_choose_and_embed_on_the_command_line(tmp_path: Path, capsys) -> None:
     assert "chosen threshold 0.85" in capsys.readouterr().out and read_metadata(model)[THRESHOLD_KEY] == "0.85"
     assert main(["evaluate", str(model), str(data), "--clips", "--choose", "0.6", "--threshold", "0.4"]) == 2
     assert "--threshold and --choose both set the threshold" in capsys.readouterr().err
+
+
+def test_the_config_given_to_evaluate_sets_its_car_stage_and_tiles(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for folder in ("images", "labels"):
+        (data / folder / "test").mkdir(parents=True)
+    for k in range(3):  # photos without damage but for a 6 px red speck: a false alarm wherever it is found
+        image = np.full((480, 640, 3), (90, 95, 100), np.uint8)
+        x, y = 420 + 20 * k, 330 + 10 * k
+        cv2.rectangle(image, (x, y), (x + 5, y + 5), RED_BGR, -1)  # under 2 px at the red model's 128 px input
+        cv2.imwrite(str(data / "images" / "test" / f"speck{k}.png"), image)
+        write_label(data / "labels" / "test" / f"speck{k}.txt", [])
+    model, car = build_red_model(tmp_path / "red.onnx"), build_car_model(tmp_path / "car.onnx")
+    found = {}
+    for tiles in (0, 2):
+        config = tmp_path / f"tiles{tiles}.yaml"
+        config.write_text(f"detector:\n  cars:\n    model: {car}\n    tiles: {tiles}\n")
+        out = tmp_path / f"eval{tiles}"
+        assert main(["--config", str(config), "evaluate", str(model), str(data), "--clips", "--threshold", "0.3",
+                     "--out", str(out), "--provider", "cpu"]) == 0
+        background = json.loads((out / "metrics.json").read_text())["metrics"]["background"]
+        found[tiles] = sum(source["false_detections"] for source in background.values())
+    assert found == {0: 0, 2: 3}  # only the config's tiles give the specks enough pixels to be seen

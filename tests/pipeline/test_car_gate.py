@@ -13,7 +13,7 @@ from pipeline.car_gate import CarGatedDetector, InspectionScheduler
 from pipeline.cars import CarDetector, CarModelError, centres_inside, crop_to_frame
 from pipeline.config import CarStageConfig, MotionConfig
 from pipeline.detector import Detector
-from pipeline.geometry import grow_window, margin_window
+from pipeline.geometry import grow_window, margin_window, tile_grid
 from pipeline.messages import FrameHeader
 from pipeline.motion import changed_share, thumbnail
 from tests.pipeline.synthetic import RED_BGR, Mark, build_grid_car_model, scene
@@ -319,3 +319,28 @@ def test_in_one_batch_an_inspection_stands_for_the_later_frames_only(red_model: 
     results = gated.detect([marked] * 4, [_header(seq, t) for seq, t in zip(range(8, 12), (0.8, 0.9, 1.0, 1.1))])
     assert [r.inferences for r in results] == [0, 0, 1, 0]
     assert [len(r.rows) for r in results] == [0, 0, 1, 1]  # 0.8 and 0.9 come before the inspection that found it
+
+
+def test_tiles_are_the_window_and_its_overlapping_grid_in_frame_pixels(red_model: Path, car_model: Path) -> None:
+    assert tile_grid(360, 360, 2) == [(0, 0, 200, 200), (160, 0, 360, 200), (0, 160, 200, 360), (160, 160, 360, 360)]  # 360 / 1.8
+    tiled = _gated(red_model, car_model, "photo", tiles=2)
+    assert tiled._views((100, 50, 460, 410)) == [
+        (100, 50, 460, 410), (100, 50, 300, 250), (260, 50, 460, 250), (100, 210, 300, 410), (260, 210, 460, 410),
+    ]
+    assert _gated(red_model, car_model, "photo", tiles=1)._views((100, 50, 460, 410)) == [(100, 50, 460, 410)]  # 1: off
+    frame = scene(0, [ON_CAR], size=(640, 480))
+    assert len(tiled.windows(frame)) == 5 and tiled.windows(frame)[1:] == tiled._views(tiled.windows(frame)[0])[1:]
+
+
+def test_tiles_find_damage_too_small_for_the_whole_view_and_report_it_once(red_model: Path, car_model: Path) -> None:
+    photo = np.full((480, 640, 3), (90, 95, 100), np.uint8)  # a close-up: no car, looked at whole
+    cv2.rectangle(photo, (500, 380), (505, 385), RED_BGR, -1)  # 6 x 6 px: under 2 px at the model's 128 px input
+    [whole] = _gated(red_model, car_model, "photo").detect([photo])
+    assert whole.inferences == 1 and len(whole.rows) == 0
+    [tiled] = _gated(red_model, car_model, "photo", tiles=2).detect([photo])
+    assert tiled.inferences == 5  # the photo and its 2 x 2 tiles
+    [row] = tiled.rows  # the tiles on the right and at the bottom overlap there: one box after the merge
+    assert np.abs(row[:4] - np.array([500, 380, 506, 386])).max() < 4  # mapped back from tile to photo pixels
+    cv2.rectangle(photo, (500, 380), (511, 391), RED_BGR, -1)  # 12 px: every view that holds it finds it
+    [both] = _gated(red_model, car_model, "photo", tiles=2).detect([photo])
+    assert len(both.rows) == 1
