@@ -284,8 +284,8 @@ class CarGatedDetector:
     def _views(self, window: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]]:
         """The window, then (``tiles``) its grid of overlapping tiles, each in frame pixels.
 
-        Why tiles: half the labelled damage covers under 1 % of its photo; a tile gives it ``tiles``
-        times the pixels at the damage model's input. The frame's NMS merges what two views both found."""
+        Why tiles: half the labelled damage covers under 1 % of its photo; a tile shows it about ``tiles``
+        times larger at the damage model's input. The frame's NMS merges what two views both found."""
         if not self.tiles:
             return [window]
         x1, y1, x2, y2 = window
