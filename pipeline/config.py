@@ -273,8 +273,8 @@ class CarStageConfig(_Section):
         le=4,
         title="Tiles per crop",
         description="Each car crop (or close-up photo) is also shown to the damage model as an N x N grid of tiles "
-        "overlapping by 0.2 of a tile (cut as `dataset build --tile` cuts them), so small damage gets N times the "
-        "pixels; 1 + N*N damage inferences per inspection. 0 or 1: off. Only for a damage model trained on tiles: "
+        "overlapping by 0.2 of a tile (cut as `dataset build --tile` cuts them), so small damage is shown about N times "
+        "larger; 1 + N*N damage inferences per inspection. 0 or 1: off. Only for a damage model trained on tiles: "
         "one trained on whole photos loses precision on them (models/MODEL_CARD.md).",
     )
     photo_whole_share: float = Field(
