@@ -3,7 +3,7 @@
 Why: v4 is two members, each run on the crop and its mirror; ONNX Runtime's parallel executor could
 run the members' branches on separate cores, and intra-op spinning trades idle CPU for wake-up
 latency. Measured against what `pipeline.detector._session` ships (sequential, 2 intra-op threads,
-no spinning): batch 1, random input at the model's size (384 px for the car model), best of 3
+no spinning): batch 1, random input at the model's own size (its `imgsz` metadata), best of 3
 interleaved passes of 3 s each; prints one JSON object, ms per run.
 
     .venv/bin/python bench/experiments/ort_session_options.py models/scratchwatch-v4-ensemble-480.onnx ...
@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 import onnxruntime as ort
+
+from pipeline.detector import _imgsz
 
 OPTIONS = {  # name: execution mode, inter-op threads, intra-op threads, spinning
     "sequential_2_threads_no_spin (shipped)": (ort.ExecutionMode.ORT_SEQUENTIAL, 1, 2, "0"),
@@ -37,9 +39,9 @@ def session(path: str, mode, inter: int, intra: int, spin: str) -> ort.Inference
 
 def ms_per_run(path: str, passes: int = 3, seconds: float = 3.0) -> dict[str, float]:
     sessions = {name: session(path, *opts) for name, opts in OPTIONS.items()}
-    first = next(iter(sessions.values())).get_inputs()[0]
-    side = 384 if "cars" in path else 480
-    height, width = (d if isinstance(d, int) else side for d in first.shape[2:])
+    probe = next(iter(sessions.values()))
+    first = probe.get_inputs()[0]
+    height, width = _imgsz(probe.get_modelmeta().custom_metadata_map, first.shape)  # the detector's own rule
     x = np.random.default_rng(0).random((1, 3, height, width), dtype=np.float32)
     best = dict.fromkeys(sessions, float("inf"))
     for _ in range(passes):
